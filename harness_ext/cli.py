@@ -1,0 +1,71 @@
+"""The ``muse-quant`` command.
+
+Each subcommand is a module with ``add_arguments(parser)`` and ``run(args)``; heavy imports
+(torch, transformers, lm-eval) happen inside ``run`` so ``muse-quant tasks-dir`` stays instant.
+Bad input raises :class:`MuseQuantError`, printed here as ``error: ...`` plus the fix, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .errors import MuseQuantError
+
+# subcommand -> (module, one-line help). Modules live in harness_ext/commands/.
+COMMANDS = {
+    "eval": ("eval", "lm_eval with the MUSE tasks and the muse_quant model registered"),
+    "tasks-dir": ("tasks_dir", "print the directory of the MUSE task YAMLs (for --include_path)"),
+    "schemes": ("schemes", "list the quantization schemes"),
+    "data": ("data", "write the embedded corpus in MUSE's file layout"),
+    "tiny-model": ("tiny_model", "build a tiny random Llama (hidden 256) with the tiny tokenizer"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="muse-quant",
+        description="Does LLM unlearning survive quantization? MUSE metrics for lm-eval.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"harness_ext.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           add_help=getattr(mod, "ADD_HELP", True))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    if argv and argv[0] == "eval":  # everything after `eval` belongs to lm_eval
+        args = argparse.Namespace(command="eval", lm_eval_args=argv[1:],
+                                  _run=importlib.import_module("harness_ext.commands.eval").run)
+    else:
+        args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except MuseQuantError as err:
+        print(f"error: {err.problem}", file=sys.stderr)
+        if err.fix:
+            print(f"  fix: {err.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``muse-quant`` subcommands, one module each (see ``harness_ext/cli.py``)."""

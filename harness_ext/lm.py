@@ -1,0 +1,205 @@
+"""The lm-eval model ``muse_quant``: HFLM that applies an unlearning checkpoint and quantizes.
+
+``--model muse_quant --model_args pretrained=DIR_OR_HUB_ID[,unlearned=CKPT][,quant=SCHEME]...``
+
+It subclasses lm-eval's ``HFLM``, so batching, devices and ``accelerate launch`` work unchanged;
+only model creation, rolling log-likelihoods (which here also return per-token log-probs, for
+Min-K%) and decoding (MUSE's ``clean_up_tokenization_spaces=True``) are overridden.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import lm_eval.models  # noqa: F401  (import the built-ins first so `hf` stays registered)
+from lm_eval import utils as lm_utils
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from . import weights
+from .errors import MuseQuantError
+from .quantizers import parse_scheme
+
+log = logging.getLogger(__name__)
+
+#: model_args this wrapper adds to HFLM's
+MUSE_MODEL_ARGS = ("unlearned", "quant", "quant_lm_head", "allow_pickle", "keep_float_weights",
+                   "calib", "calib_samples", "calib_seqlen", "quant_cache_dir")
+
+
+class TokenLogProbs(float):
+    """A rolling log-likelihood (the float lm-eval expects) that also carries per-token values.
+
+    ``token_logprobs[i]`` is log p(token_{i+1} | tokens_{<=i}) for the text tokenized with BOS,
+    i.e. tokens 1..T-1. It pickles (lm-eval's cache and cross-rank gather), and built-in
+    perplexity tasks keep working because it is a float.
+    """
+
+    def __new__(cls, token_logprobs):
+        values = [float(x) for x in token_logprobs]
+        obj = super().__new__(cls, sum(values))
+        obj.token_logprobs = values
+        return obj
+
+    def __reduce__(self):
+        return (TokenLogProbs, (self.token_logprobs,))
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+@register_model("muse_quant")
+class MuseQuantLM(HFLM):
+    """HFLM + ``unlearned=`` (full dir / delta .safetensors / PEFT dir) + ``quant=`` (scheme)."""
+
+    def __init__(self, pretrained, unlearned: str | None = None, quant: str | None = "none",
+                 quant_lm_head: bool = False, allow_pickle: bool = False,
+                 keep_float_weights: bool = False, add_bos_token: bool = True,
+                 calib: str = "generic", calib_samples: int = 128, calib_seqlen: int = 512,
+                 quant_cache_dir: str | None = None, **kwargs):
+        # Validate cheap things before loading anything big.
+        self._quantizer = parse_scheme("none" if quant is None else str(quant))
+        self._unlearned = str(unlearned) if unlearned not in (None, "", "None") else None
+        if self._unlearned is not None:
+            weights.detect_checkpoint_kind(self._unlearned)
+        self._quant_lm_head = _as_bool(quant_lm_head)
+        self._allow_pickle = _as_bool(allow_pickle)
+        self._keep_float_weights = _as_bool(keep_float_weights)
+        self._calib_args = {"calib": calib, "calib_samples": int(calib_samples),
+                            "calib_seqlen": int(calib_seqlen), "quant_cache_dir": quant_cache_dir}
+        self._float_snapshot: weights.WeightSnapshot | None = None
+        self.muse_info: dict = {"unlearned": None, "quantization": None}
+        if kwargs.get("delta"):
+            raise MuseQuantError("muse_quant does not use lm-eval's delta= (it adds tied weights "
+                                 "twice)", "pass the delta as unlearned=<file>.safetensors")
+        super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token), **kwargs)
+
+    # ---------------------------------------------------------------- model creation
+    def _create_model(self, pretrained, **kwargs):
+        super()._create_model(pretrained, **kwargs)
+        if self._unlearned is not None:
+            self._model, report = weights.apply_unlearned(self._model, self._unlearned,
+                                                          allow_pickle=self._allow_pickle)
+            self.muse_info["unlearned"] = report
+        if self._keep_float_weights:
+            names = weights.quantizable_linear_names(self._model, include_lm_head=True)
+            self._float_snapshot = weights.WeightSnapshot(self._model, names)
+        self._quantize(self._quantizer)
+
+    def _calibration(self, quantizer):
+        if not quantizer.needs_calibration:
+            return None
+        from .calibration import build_calibration
+
+        return build_calibration(tokenizer=self.tokenizer, **self._calib_args)
+
+    def _quantize(self, quantizer) -> dict:
+        start = time.perf_counter()
+        report = weights.quantize_model(self._model, quantizer,
+                                        include_lm_head=self._quant_lm_head,
+                                        calibration=self._calibration(quantizer),
+                                        progress=self.rank == 0 if hasattr(self, "_rank") else True)
+        report["total_seconds"] = round(time.perf_counter() - start, 4)
+        self.muse_info["quantization"] = report
+        log.info("quantization %s: %d modules in %.2fs", report["scheme"], report["n_modules"],
+                 report["total_seconds"])
+        return report
+
+    def requantize(self, scheme: str) -> dict:
+        """Restore the float weights and quantize with another scheme (load once, quantize many).
+
+        Needs ``keep_float_weights=True`` at construction.
+        """
+        quantizer = parse_scheme(scheme)
+        if self._float_snapshot is None:
+            raise MuseQuantError("requantize() needs the float weights kept",
+                                 "create the model with keep_float_weights=True")
+        self._float_snapshot.restore(self._model)
+        self._quantizer = quantizer
+        return self._quantize(quantizer)
+
+    # ---------------------------------------------------------------- decoding
+    def tok_decode(self, tokens, skip_special_tokens: bool = True):
+        # MUSE decodes with clean_up_tokenization_spaces=True (transformers 5 ignores it for BPE).
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=True)
+
+    # ---------------------------------------------------------------- per-token log-probs
+    def _encode_with_bos(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids  # MUSE scores the text tokenized *with* BOS
+        elif bos is None:
+            ids = [self.prefix_token_id] + ids
+        return ids
+
+    def token_logprobs(self, texts: list[str], disable_tqdm: bool = False) -> list[list[float]]:
+        """Per-token log-probs of tokens 1..T-1 of each text tokenized with BOS.
+
+        Texts longer than ``max_length`` are scored in lm-eval's disjoint rolling windows.
+        Windows of all texts are batched, longest first.
+        """
+        windows = []  # (text index, input ids, number of scored tokens)
+        for i, text in enumerate(texts):
+            ids = self._encode_with_bos(text)
+            if len(ids) < 2:
+                continue
+            for context, cont in map(lm_utils.make_disjoint_window,
+                                     lm_utils.get_rolling_token_windows(
+                                         token_list=ids[1:], prefix_token=ids[0],
+                                         max_seq_len=self.max_length, context_len=1)):
+                windows.append((i, (context + cont)[:-1], cont))
+        order = sorted(range(len(windows)), key=lambda j: -len(windows[j][1]))
+        batch_size = self.batch_size if isinstance(self.batch_size, int) else \
+            self._detect_batch_size()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pieces: dict[int, list[float]] = {}
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc="per-token log-probs",
+                   disable=disable_tqdm or self.rank != 0)
+        for start in range(0, len(order), batch_size):
+            chunk = [windows[j] for j in order[start:start + batch_size]]
+            width = max(len(inp) for _, inp, _ in chunk)
+            batch = torch.full((len(chunk), width), pad, dtype=torch.long)
+            for row, (_, inp, _) in enumerate(chunk):
+                batch[row, :len(inp)] = torch.tensor(inp)  # right padding: causal, no effect
+            logits = self._model_call(batch.to(self.device))
+            for row, (j, (_, inp, cont)) in enumerate(zip(order[start:start + batch_size], chunk)):
+                scored = logits[row, len(inp) - len(cont):len(inp)].float()
+                logp = torch.log_softmax(scored, dim=-1)
+                target = torch.tensor(cont, device=logp.device).unsqueeze(-1)
+                pieces[j] = logp.gather(-1, target).squeeze(-1).tolist()
+            bar.update(len(chunk))
+        bar.close()
+        out: list[list[float]] = [[] for _ in texts]
+        for j, (i, _, _) in enumerate(windows):  # windows of one text are in order
+            out[i].extend(pieces[j])
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        texts = [req.args[0] for req in requests]
+        results = [TokenLogProbs(lp) for lp in self.token_logprobs(texts, disable_tqdm)]
+        for text, value in zip(texts, results):
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), value)
+        return results
+
+    # ---------------------------------------------------------------- results metadata
+    def get_model_info(self) -> dict:
+        if isinstance(self.pretrained, str) and os.path.isdir(self.pretrained):
+            info = {"model_num_parameters": sum(p.numel() for p in self._model.parameters()),
+                    "model_dtype": str(next(self._model.parameters()).dtype),
+                    "model_revision": self.revision, "model_sha": ""}
+        else:
+            info = super().get_model_info()
+        info["muse_quant"] = {**self.muse_info, "pretrained": str(self.pretrained),
+                              "add_bos_token": self.add_bos_token}
+        return info

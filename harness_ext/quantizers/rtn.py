@@ -1,0 +1,94 @@
+"""Round-to-nearest (RTN) fake quantization, in plain torch.
+
+* ``rtn-seed:N`` is the formula of Zhang et al. (ICLR 2025, "Catastrophic Failure of LLM
+  Unlearning via Quantization", Sec. 4): per tensor, Delta = max|w| / 2^(N-1) and
+  Q(w) = Delta * round(w / Delta), with no clamp. ``round(w / Delta)`` then ranges over
+  -2^(N-1) .. 2^(N-1), i.e. **2^N + 1 levels** (one more than N bits can store).
+* ``rtn:N[:g<size>][:asym]`` is standard RTN. Symmetric: per output channel (row) or per group
+  of ``size`` input columns, scale = max|w| / qmax with qmax = 2^(N-1) - 1 and
+  Q(w) = scale * clamp(round(w / scale), -qmax - 1, qmax). Asymmetric (``asym``, GPTQ's
+  convention): lo = min(min w, 0), hi = max(max w, 0), scale = (hi - lo) / (2^N - 1),
+  zero = round(-lo / scale), Q(w) = scale * (clamp(round(w / scale) + zero, 0, 2^N - 1) - zero).
+
+``torch.round`` rounds half to even. Groups or rows that are all zero stay zero. Computation is in
+float32; the result is cast back to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
+from ..errors import MuseQuantError
+
+RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+@QUANTIZERS.register("rtn-seed")
+class SeedRTN(Quantizer):
+    usage = "rtn-seed:N"
+    summary = "the paper's per-tensor RTN: Delta = max|w|/2^(N-1), no clamp (2^N+1 levels)"
+
+    def __init__(self, name, args):
+        self.name, self.args = name, list(args)
+        if len(args) != 1:
+            raise bad_scheme(self.scheme, "expected exactly one argument, the bit width N")
+        self.bits = parse_bits(self.scheme, args[0], RTN_BITS)
+
+    def quantize_weight(self, weight):
+        w = weight.float()
+        delta = w.abs().max() / 2 ** (self.bits - 1)
+        if delta == 0:
+            return weight.clone()
+        return (delta * torch.round(w / delta)).to(weight.dtype)
+
+    def describe(self):
+        return {**super().describe(), "bits": self.bits, "granularity": "tensor",
+                "levels": 2 ** self.bits + 1}
+
+
+@QUANTIZERS.register("rtn")
+class RTN(Quantizer):
+    usage = "rtn:N[:g<size>][:asym]"
+    summary = "standard RTN, qmax = 2^(N-1)-1, per output channel or per group of input columns"
+
+    def __init__(self, name, args):
+        self.name, self.args = name, list(args)
+        self.bits = parse_bits(self.scheme, args[0] if args else None, RTN_BITS)
+        opts = parse_options(self.scheme, args[1:], {"g": "group_size"}, flags=("asym",))
+        self.group_size: int | None = opts.get("group_size")
+        self.asym: bool = opts["asym"]
+
+    def check_weight(self, module_name, weight):
+        if weight.dim() != 2:
+            raise MuseQuantError(f"{self.scheme}: {module_name} has a {weight.dim()}-D weight; "
+                                 "RTN per channel needs 2-D weights")
+        if self.group_size and weight.shape[1] % self.group_size:
+            raise bad_scheme(self.scheme, f"group size {self.group_size} does not divide "
+                             f"the {weight.shape[1]} input columns of {module_name}")
+
+    def quantize_weight(self, weight):
+        self.check_weight("weight", weight)
+        rows, cols = weight.shape
+        group = self.group_size or cols
+        w = weight.float().reshape(rows, cols // group, group)
+        if self.asym:
+            maxq = 2 ** self.bits - 1
+            lo = w.amin(dim=-1, keepdim=True).clamp(max=0)
+            hi = w.amax(dim=-1, keepdim=True).clamp(min=0)
+            scale = (hi - lo) / maxq
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            zero = torch.round(-lo / scale)
+            q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+            out = scale * (q - zero)
+        else:
+            qmax = 2 ** (self.bits - 1) - 1
+            scale = w.abs().amax(dim=-1, keepdim=True) / qmax
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            out = scale * torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
+        return out.reshape(rows, cols).to(weight.dtype)
+
+    def describe(self):
+        return {**super().describe(), "bits": self.bits,
+                "granularity": f"group{self.group_size}" if self.group_size else "channel",
+                "symmetric": not self.asym}

@@ -1,0 +1,283 @@
+"""Everything that changes a loaded model's weights lives here.
+
+* :func:`apply_unlearned` applies an unlearning checkpoint: a full model directory, a
+  ``.safetensors`` weight delta (theta_u - theta_o by parameter name) or a PEFT/LoRA adapter
+  directory (merged). Tied weights are changed once.
+* :func:`quantize_model` writes a quantizer's fake-quantized weights back into ``nn.Linear``s.
+* :class:`WeightSnapshot` keeps float weights so one loaded model can be re-quantized many times.
+
+Checkpoints are read as safetensors; pickle files (``.bin``, ``.pt``) are refused unless
+``allow_pickle=True``, and even then are loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import MuseQuantError
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+# --------------------------------------------------------------------------------------
+# Reading checkpoints
+# --------------------------------------------------------------------------------------
+
+def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
+    if not allow_pickle:
+        raise MuseQuantError(
+            f"{path} is a pickle file; loading pickles can run arbitrary code",
+            "convert it to .safetensors (safetensors.torch.save_file), or, if you trust it, "
+            "pass allow_pickle=True",
+        )
+
+
+def load_state_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise MuseQuantError(f"{path}: not a readable safetensors file ({exc})",
+                                 "re-save it with safetensors.torch.save_file") from None
+    if path.suffix in PICKLE_SUFFIXES:
+        _refuse_pickle(path, allow_pickle)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise MuseQuantError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+        return state
+    raise MuseQuantError(f"{path}: unknown checkpoint file type {path.suffix!r}",
+                         "use a .safetensors file")
+
+
+def _full_model_files(directory: Path) -> list[Path]:
+    shards = sorted(directory.glob("*.safetensors"))
+    shards = [p for p in shards if not p.name.startswith("adapter_")]
+    if shards:
+        return shards
+    return sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+
+
+def detect_checkpoint_kind(path: str | Path) -> str:
+    """``"delta"`` (a weight file), ``"peft"`` (adapter directory) or ``"full"`` (model directory)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MuseQuantError(f"unlearned checkpoint {path} does not exist",
+                             "pass unlearned=<model dir | delta .safetensors | PEFT adapter dir>")
+    if path.is_file():
+        return "delta"
+    if (path / "adapter_config.json").is_file():
+        return "peft"
+    if (path / "config.json").is_file() and _full_model_files(path):
+        return "full"
+    raise MuseQuantError(
+        f"{path} is neither a model directory (config.json + weights), a PEFT adapter directory "
+        "(adapter_config.json) nor a weight-delta file",
+        "pass unlearned=<model dir | delta .safetensors | PEFT adapter dir>",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Applying an unlearning checkpoint
+# --------------------------------------------------------------------------------------
+
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """Map every parameter name, tied aliases included, to its canonical (first) name."""
+    canonical: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases[name] = canonical.setdefault(id(param), name)
+    return aliases
+
+
+def _match_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], where: str,
+                      require_all: bool) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys to canonical parameter names, checking names, shapes and dtypes."""
+    aliases = parameter_aliases(model)
+    params = dict(model.named_parameters())
+    unknown = sorted(k for k in state if k not in aliases)
+    if unknown:
+        raise MuseQuantError(
+            f"{where}: {len(unknown)} tensor name(s) are not parameters of the model, e.g. "
+            f"{unknown[:3]}",
+            "the checkpoint must come from the same architecture as `pretrained` (names as in "
+            "model.named_parameters())",
+        )
+    matched: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = aliases[key]
+        param = params[name]
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise MuseQuantError(f"{where}: {key} has shape {tuple(tensor.shape)}, the model's "
+                                 f"{name} has {tuple(param.shape)}",
+                                 "use a checkpoint of the same model size")
+        if tensor.dtype != param.dtype:
+            raise MuseQuantError(f"{where}: {key} is {tensor.dtype}, the model's {name} is "
+                                 f"{param.dtype}",
+                                 f"load the model in the checkpoint's dtype (model_args "
+                                 f"dtype={str(tensor.dtype).replace('torch.', '')}) or re-save "
+                                 "the checkpoint")
+        if name in matched:  # a tied alias appears twice: it must agree, and counts once
+            if not torch.equal(matched[name], tensor):
+                raise MuseQuantError(f"{where}: tied parameters {name} and {key} differ",
+                                     "tied weights must hold the same values")
+            continue
+        matched[name] = tensor
+    if require_all:
+        missing = sorted(set(params) - set(matched))
+        if missing:
+            raise MuseQuantError(f"{where}: {len(missing)} parameter(s) are missing, e.g. "
+                                 f"{missing[:3]}",
+                                 "save the full model with save_pretrained, or pass a delta")
+    return matched
+
+
+@torch.no_grad()
+def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = False):
+    """Apply an unlearning checkpoint in place. Returns ``(model, report)``.
+
+    The model object is returned because merging a PEFT adapter returns the unwrapped model.
+    The report has the checkpoint kind, the number of tensors changed and ||theta_u - theta_o||.
+    """
+    path = Path(path).expanduser()
+    kind = detect_checkpoint_kind(path)
+    if kind == "peft":
+        model, update_norms = _merge_peft(model, path, allow_pickle)
+    else:
+        if kind == "delta":
+            state = load_state_file(path, allow_pickle)
+        else:
+            state = {}
+            for file in _full_model_files(path):
+                state.update(load_state_file(file, allow_pickle))
+        matched = _match_checkpoint(model, state, str(path), require_all=(kind == "full"))
+        params = dict(model.named_parameters())
+        update_norms = {}
+        for name, tensor in matched.items():
+            param = params[name]
+            tensor = tensor.to(param.device)
+            update = tensor if kind == "delta" else tensor - param
+            update_norms[name] = float(update.float().norm())
+            if kind == "delta":
+                param.add_(tensor)
+            else:
+                param.copy_(tensor)
+    report = {"kind": kind, "path": str(path),
+              "tensors_changed": sum(1 for v in update_norms.values() if v > 0),
+              "update_l2_norm": sum(v ** 2 for v in update_norms.values()) ** 0.5}
+    log.info("applied unlearned checkpoint (%s) %s: %d tensors changed, ||delta|| = %.4g",
+             kind, path, report["tensors_changed"], report["update_l2_norm"])
+    return model, report
+
+
+def _merge_peft(model: nn.Module, path: Path, allow_pickle: bool):
+    if not (path / "adapter_model.safetensors").is_file():
+        pickled = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickled:
+            _refuse_pickle(pickled[0], allow_pickle)
+        else:
+            raise MuseQuantError(f"{path}: adapter_config.json but no adapter weights",
+                                 "save the adapter with PeftModel.save_pretrained")
+    config = json.loads((path / "adapter_config.json").read_text())
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path))
+    except Exception as exc:
+        raise MuseQuantError(
+            f"{path}: the adapter does not fit the model ({type(exc).__name__}: {str(exc)[:300]})",
+            f"use an adapter trained on the same base model "
+            f"(adapter base: {config.get('base_model_name_or_path')})",
+        ) from None
+    update_norms = {}
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "get_delta_weight") and getattr(module, "active_adapters", None):
+            for adapter in module.active_adapters:
+                update_norms[f"{name}/{adapter}"] = float(module.get_delta_weight(adapter).norm())
+    return peft_model.merge_and_unload(), update_norms
+
+
+# --------------------------------------------------------------------------------------
+# Quantization
+# --------------------------------------------------------------------------------------
+
+def quantizable_linear_names(model: nn.Module, include_lm_head: bool = False) -> list[str]:
+    """Every ``nn.Linear`` in the transformer blocks; the LM head only with ``include_lm_head``.
+
+    Embeddings are ``nn.Embedding`` and never included. This matches what bitsandbytes' 4/8-bit
+    loading converts (it skips the output embedding).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and (include_lm_head or module is not head)]
+
+
+def _untie_head(model: nn.Module) -> None:
+    """Give the LM head its own weight, so quantizing it leaves the input embedding alone."""
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight:
+        head.weight = nn.Parameter(head.weight.detach().clone(),
+                                   requires_grad=head.weight.requires_grad)
+        model.config.tie_word_embeddings = False
+        if hasattr(model.config, "get_text_config"):
+            model.config.get_text_config().tie_word_embeddings = False
+
+
+@torch.no_grad()
+def write_weights(model: nn.Module, new_weights: Iterable[tuple[str, torch.Tensor]],
+                  progress: bool = False, desc: str = "quantizing") -> list[str]:
+    modules = dict(model.named_modules())
+    written = []
+    items = list(new_weights) if progress else new_weights
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc=desc, leave=False)
+    for name, weight in items:
+        param = modules[name].weight
+        if weight.shape != param.shape:
+            raise RuntimeError(f"quantizer returned shape {tuple(weight.shape)} for {name}, "
+                               f"expected {tuple(param.shape)}")
+        param.copy_(weight.to(device=param.device, dtype=param.dtype))
+        written.append(name)
+    return written
+
+
+def quantize_model(model: nn.Module, quantizer, include_lm_head: bool = False,
+                   calibration=None, progress: bool = False) -> dict:
+    """Quantize the model in place with ``quantizer``; returns the report for the results JSON."""
+    if include_lm_head:
+        _untie_head(model)
+    names = quantizable_linear_names(model, include_lm_head)
+    modules = dict(model.named_modules())
+    for name in names:
+        quantizer.check_weight(name, modules[name].weight)
+    start = time.perf_counter()
+    written = quantizer.apply(model, names, calibration, progress=progress)
+    seconds = time.perf_counter() - start
+    return {**quantizer.describe(), "modules": written, "n_modules": len(written),
+            "quant_lm_head": include_lm_head, "seconds": round(seconds, 4)}
+
+
+class WeightSnapshot:
+    """A CPU copy of selected weights, to restore a model before re-quantizing it."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]):
+        modules = dict(model.named_modules())
+        self.weights = {n: modules[n].weight.detach().to("cpu", copy=True) for n in names}
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        write_weights(model, self.weights.items())
