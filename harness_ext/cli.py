@@ -1,8 +1,10 @@
 """The ``muse-quant`` command.
 
-Each subcommand is a module with ``add_arguments(parser)`` and ``run(args)``; heavy imports
-(torch, transformers, lm-eval) happen inside ``run`` so ``muse-quant tasks-dir`` stays instant.
-Bad input raises :class:`MuseQuantError`, printed here as ``error: ...`` plus the fix, exit 2.
+Each subcommand is one module in ``harness_ext/commands/`` defining ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args)``; it is found automatically, so adding a subcommand is
+one new file. Heavy imports (torch, transformers, lm-eval) happen inside ``run``, so
+``muse-quant tasks-dir`` stays instant. Bad input raises :class:`MuseQuantError`, printed here as
+``error: ...`` plus the fix, exit status 2.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ import argparse
 import importlib
 import logging
 import os
+import pkgutil
 import sys
 
 from .errors import MuseQuantError
 
-# subcommand -> (module, one-line help). Modules live in harness_ext/commands/.
-COMMANDS = {
-    "eval": ("eval", "lm_eval with the MUSE tasks and the muse_quant model registered"),
-    "tasks-dir": ("tasks_dir", "print the directory of the MUSE task YAMLs (for --include_path)"),
-    "schemes": ("schemes", "list the quantization schemes"),
-    "data": ("data", "write the embedded corpus in MUSE's file layout"),
-    "tiny-model": ("tiny_model", "build a tiny random Llama (hidden 256) with the tiny tokenizer"),
-}
+def commands() -> dict:
+    """``{NAME: module}`` for every module in ``harness_ext/commands/``."""
+    from . import commands as package
+
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        if hasattr(mod, "NAME"):
+            found[mod.NAME] = mod
+    return dict(sorted(found.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Does LLM unlearning survive quantization? MUSE metrics for lm-eval.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(f"harness_ext.commands.{module}")
-        p = sub.add_parser(name, help=help_text, description=mod.__doc__,
+    for name, mod in commands().items():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            add_help=getattr(mod, "ADD_HELP", True))
         mod.add_arguments(p)

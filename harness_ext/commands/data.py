@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..errors import MuseQuantError
 
+NAME = "data"
+HELP = "write the embedded corpus in MUSE's file layout"
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory")

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-ADD_HELP = False
+NAME = "eval"
+HELP = "lm_eval with the MUSE tasks and the muse_quant model registered"
+ADD_HELP = False  # --help goes to lm_eval
 
 
 def add_arguments(parser) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+NAME = "schemes"
+HELP = "list the quantization schemes"
+
 
 def add_arguments(parser) -> None:
     pass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+NAME = "tasks-dir"
+HELP = "print the directory of the MUSE task YAMLs (for --include_path)"
+
 
 def add_arguments(parser) -> None:
     pass

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from ..errors import MuseQuantError
 
+NAME = "tiny-model"
+HELP = "build a tiny random Llama (hidden 256) with the tiny tokenizer"
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True)

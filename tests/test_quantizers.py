@@ -1,0 +1,133 @@
+"""Each quantization scheme on hand-made tensors (exact outputs), bit-exactness against
+bitsandbytes, and the error paths."""
+
+import pytest
+import torch
+
+from harness_ext.errors import MuseQuantError
+from harness_ext.quantizers import available_schemes, parse_scheme
+
+
+def q(scheme, values):
+    return parse_scheme(scheme).quantize_weight(torch.tensor(values, dtype=torch.float32))
+
+
+def test_rtn_seed_formula_by_hand():
+    # Delta = 0.8 / 2^(2-1) = 0.4; round(w / 0.4) = [0, -1, 2, -0]
+    assert torch.equal(q("rtn-seed:2", [[0.1, -0.35, 0.8, -0.05]]),
+                       torch.tensor([[0.0, -0.4, 0.8, 0.0]]))
+    # half-way rounds to even: Delta = 0.5; 0.25 / 0.5 = 0.5 -> 0, 0.75 / 0.5 = 1.5 -> 2
+    assert torch.equal(q("rtn-seed:2", [0.25, 0.75, 1.0]), torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_rtn_seed_has_2_pow_n_plus_1_levels():
+    w = torch.linspace(-1, 1, 1001)
+    levels = torch.unique(parse_scheme("rtn-seed:3").quantize_weight(w))
+    assert len(levels) == 2 ** 3 + 1  # -4..4 times Delta: no clamp
+    assert parse_scheme("rtn-seed:3").describe()["levels"] == 9
+
+
+def test_rtn_per_channel_symmetric_by_hand():
+    # qmax = 7; row scale = 1.75 / 7 = 0.25: [7, -3.5 -> -4 (half to even), 1, 0] * 0.25
+    out = q("rtn:4", [[1.75, -0.875, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(out, torch.tensor([[1.75, -1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_rtn_groups_by_hand():
+    # 2 bits: qmax = 1; groups of 2 columns: [1, .25] scale 1 -> [1, 0]; [-2, .5] scale 2 -> [-2, 0]
+    assert torch.equal(q("rtn:2:g2", [[1.0, 0.25, -2.0, 0.5]]), torch.tensor([[1.0, 0.0, -2.0, 0.0]]))
+
+
+def test_rtn_asymmetric_by_hand():
+    # lo = -1, hi = 2, maxq = 3 -> scale 1, zero 1: q = clamp(round(w) + 1, 0, 3) = [0, 1, 1, 3]
+    assert torch.equal(q("rtn:2:asym", [[-1.0, 0.0, 0.5, 2.0]]), torch.tensor([[-1.0, 0.0, 0.0, 2.0]]))
+
+
+def _block(values, size=64, fill=0.0):
+    return values + [fill] * (size - len(values))
+
+
+def test_nf4_by_hand():
+    # block 1: absmax 1 -> 0.5 goes to 0.4407 (midpoint to 0.5626 is 0.5017), -0.3 to -0.2844
+    # block 2: absmax 2 -> values are 2 * code
+    w = _block([1.0, 0.5, -0.3, 0.0]) + _block([2.0, -1.0])
+    out = q("bnb-nf4", w)
+    assert out[:4].tolist() == pytest.approx([1.0, 0.44070982933044434, -0.28444138169288635, 0.0],
+                                             abs=0, rel=1e-7)
+    assert out[64:66].tolist() == pytest.approx([2.0, -2 * 0.5250730514526367], abs=0, rel=1e-7)
+
+
+def test_fp4_by_hand():
+    # FP4 code / 12: 0.3 -> 1/3 (midpoint 0.2917), -0.6 -> -2/3 (midpoint -0.5833),
+    # 0.004 -> 0.0625/12 (midpoint 0.0026)
+    out = q("bnb-fp4", _block([1.0, 0.3, -0.6, 0.004]))
+    assert out[:4].tolist() == pytest.approx([1.0, 1 / 3, -2 / 3, 0.0625 / 12], rel=1e-6)
+
+
+def test_int8_by_hand():
+    # 127 / 2 = 63.5: q = [127, round(63.5) = 64, round(31.75) = 32] -> q * 2 / 127
+    out = q("bnb-int8", [[2.0, 1.0, 0.5], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(out, torch.tensor([[2.0, 128 / 127, 64 / 127], [0.0, 0.0, 0.0]]),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+@pytest.mark.parametrize("block", [64, 128])
+def test_4bit_bit_exact_vs_bitsandbytes(dtype, kind, block):
+    F = pytest.importorskip("bitsandbytes.functional")
+    torch.manual_seed(0)
+    w = (torch.randn(256, 768) * 0.02).to(dtype)
+    w[3, 5] = 0.5  # an outlier
+    packed, state = F.quantize_4bit(w, blocksize=block, quant_type=kind)
+    reference = F.dequantize_4bit(packed, state)
+    assert torch.equal(parse_scheme(f"bnb-{kind}:b{block}").quantize_weight(w), reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_bit_exact_vs_bitsandbytes(dtype):
+    F = pytest.importorskip("bitsandbytes.functional")
+    torch.manual_seed(1)
+    w = (torch.randn(256, 768) * 0.02).to(dtype)
+    cb, scb, _ = F.int8_vectorwise_quant(w.clone())
+    reference = F.int8_vectorwise_dequant(cb, scb).to(dtype)
+    assert torch.equal(parse_scheme("bnb-int8").quantize_weight(w), reference)
+
+
+def test_quantizers_keep_shape_and_dtype():
+    w = torch.randn(128, 256, dtype=torch.bfloat16)
+    for scheme in ["rtn-seed:4", "rtn:4", "rtn:3:g128:asym", "bnb-nf4", "bnb-fp4:b128", "bnb-int8"]:
+        out = parse_scheme(scheme).quantize_weight(w)
+        assert out.shape == w.shape and out.dtype == w.dtype, scheme
+        assert not torch.equal(out, w), scheme
+
+
+@pytest.mark.parametrize("scheme, problem", [
+    ("awesome:4", "unknown scheme 'awesome'"),
+    ("rtn", "missing bit width"),
+    ("rtn:9", "bit width 9 is not supported"),
+    ("rtn:four", "not an integer"),
+    ("rtn:4:x12", "unknown option 'x12'"),
+    ("rtn-seed:4:g128", "exactly one argument"),
+    ("bnb-nf4:b100", "block size 100"),
+    ("bnb-int8:b64", "takes no arguments"),
+    ("", "empty scheme"),
+])
+def test_bad_schemes_list_valid_ones(scheme, problem):
+    with pytest.raises(MuseQuantError) as err:
+        parse_scheme(scheme)
+    assert problem in str(err.value)
+    assert "rtn:N[:g<size>][:asym]" in err.value.fix and "bnb-fp4[:b<size>]" in err.value.fix
+
+
+def test_group_size_must_divide_columns():
+    quantizer = parse_scheme("rtn:4:g128")
+    with pytest.raises(MuseQuantError, match="group size 128 does not divide the 200 input columns"):
+        quantizer.check_weight("layer.q_proj", torch.zeros(4, 200))
+
+
+def test_scheme_listing():
+    usages = [u for u, _ in available_schemes()]
+    for expected in ["none", "rtn-seed:N", "rtn:N[:g<size>][:asym]", "bnb-nf4[:b<size>]",
+                     "bnb-fp4[:b<size>]", "bnb-int8"]:
+        assert expected in usages
