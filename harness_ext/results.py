@@ -1,0 +1,60 @@
+"""lm-eval results files as this project writes and reads them (sweeps, leaderboard, demo).
+
+A sweep writes one lm-eval results JSON per quantization scheme, named by
+:func:`scheme_filename` (``bnb-fp4`` -> ``bnb-fp4.json``, ``rtn:4:g128`` -> ``rtn_4_g128.json``;
+scheme names never contain ``_``, so the mapping is reversible).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import MuseQuantError
+
+
+def scheme_filename(scheme: str) -> str:
+    if "_" in scheme or "/" in scheme:
+        raise MuseQuantError(f"scheme {scheme!r} cannot be used as a file name",
+                             "scheme strings use ':' and '-' only")
+    return scheme.replace(":", "_") + ".json"
+
+
+def scheme_from_filename(name: str) -> str:
+    stem = Path(name).name
+    if not stem.endswith(".json"):
+        raise MuseQuantError(f"{name}: results files are named <scheme>.json")
+    return stem[:-len(".json")].replace("_", ":")
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MuseQuantError(f"{path}: not a readable results JSON ({exc})") from None
+    if not isinstance(data, dict) or "results" not in data:
+        raise MuseQuantError(f"{path}: not an lm-eval results file (no 'results' key)")
+    return data
+
+
+def recorded_scheme(results: dict) -> str | None:
+    """The quantization scheme a ``muse_quant`` results file was produced with."""
+    quant = ((results.get("config") or {}).get("muse_quant") or {}).get("quantization") or {}
+    return quant.get("scheme")
+
+
+def metric(results: dict, task: str, key: str, filter_name: str = "none"):
+    """``results["results"][task]["<key>,<filter>"]``, or None when absent."""
+    return (results.get("results", {}).get(task) or {}).get(f"{key},{filter_name}")
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write atomically (temp file + rename), so an interrupted run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(path)
+    return path
