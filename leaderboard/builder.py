@@ -80,9 +80,11 @@ def _scalar(value) -> str:
 
 # ---------------------------------------------------------------- README
 def _row_label(entry: Entry) -> str:
-    label = f"**{md(entry.name)}**" if entry.kind == "method" else f"*{md(entry.name)}*"
-    role = {"target": " (target: no unlearning)", "retrain": " (retrain: gold)"}.get(entry.kind, "")
-    return f"{label}{role}<br>[`{entry.slug}`](#{_anchor(entry)})"
+    link = f"[`{entry.slug}`](#{_anchor(entry)})"
+    if entry.kind == "method":
+        return f"**{md(entry.name)}**<br>{link}"
+    role = {"target": "no unlearning", "retrain": "gold"}[entry.kind]
+    return f"*{md(entry.name)}* ({entry.kind}, {role})<br>{link}"
 
 
 def _anchor(entry: Entry) -> str:
@@ -128,8 +130,8 @@ def _average_line(group: Group) -> list[str]:
 
 def _details(entry: Entry) -> list[str]:
     meta = entry.meta
-    out = [f"- <a id=\"{_anchor(entry)}\"></a>**`{entry.slug}`**: {md(entry.name)}, {entry.kind}, "
-           f"{entry.reproducible} scale. {md(meta['description'])}"]
+    out = [f"- <a id=\"{_anchor(entry)}\"></a>**`{entry.slug}`**: {md(entry.name)} ({entry.kind} "
+           f"entry, {entry.reproducible} scale). {md(meta['description'])}"]
     out.append(f"  - Base model: {md(meta['base_model'])}. Data: `{entry.muse_data}`"
                + (f", first {fmt(entry.limit, 0)} examples per task (`--limit`)" if entry.limit
                   else "") + ".")
@@ -228,7 +230,8 @@ def plot_data(board: Board, corpus: str) -> list[dict]:
                 "points": {s: [entry.value(s, "knowmem_r"), entry.value(s, "verbmem_f")]
                            for s in group.schemes if s in entry.results},
             })
-        panels.append({"title": f"target {group.target.slug} ({group.target.reproducible} scale)",
+        panels.append({"title": f"compared with target {group.target.slug} "
+                                f"({group.target.reproducible} scale)",
                        "entries": points})
     return panels
 
@@ -239,67 +242,79 @@ def fingerprint(panels: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def render_svg(board: Board, corpus: str) -> bytes:
+def render_svg(board: Board, corpus: str, fmt: str = "svg") -> bytes:
+    """The forget-vs-utility plot of ``corpus`` (``fmt="png"`` for a quick look)."""
     import matplotlib
-    from matplotlib.backends.backend_svg import FigureCanvasSVG
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     panels = plot_data(board, corpus)
     title = f"MUSE-{CORPUS_TITLE[corpus]}: forget vs utility under quantization"
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(RC)
-        n = max(1, len(panels))
-        fig = Figure(figsize=(7.5 * n, 5.0), layout="constrained")
-        FigureCanvasSVG(fig)
-        axes = fig.subplots(1, n, squeeze=False)[0]
-        fig.suptitle(title)
-        if not panels:
-            ax = axes[0]
-            ax.text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=ax.transAxes,
-                    color="#7f7f7f")
-            ax.set_xlim(0, 100)
-            ax.set_ylim(0, 100)
-        for ax, panel in zip(axes, panels):
-            handles = []
-            for item in panel["entries"]:
-                pts = item["points"]
-                for scheme, (x, y) in pts.items():
-                    ax.plot([x], [y], linestyle="none", marker=MARKERS[scheme], markersize=7,
-                            color=item["colour"], markeredgecolor="white", markeredgewidth=0.6,
-                            zorder=3)
-                for scheme in FOUR_BIT:
-                    if scheme in pts and FULL in pts:
-                        ax.annotate("", xy=pts[scheme], xytext=pts[FULL], zorder=2,
-                                    arrowprops={"arrowstyle": "-|>", "color": item["colour"],
-                                                "lw": 1.2, "shrinkA": 4, "shrinkB": 4,
-                                                "alpha": 0.8})
-                suffix = {"target": " (target)", "retrain": " (retrain)"}.get(item["kind"], "")
-                handles.append(Line2D([], [], linestyle="none", marker="o",
-                                      color=item["colour"], label=f"{item['label']}{suffix}"))
-            handles += [Line2D([], [], linestyle="none", marker=MARKERS[s], color="#555555",
-                               label=label) for s, label in PRECISIONS
-                        if any(s in item["points"] for item in panel["entries"])]
-            handles.append(Line2D([], [], color="#555555", marker=">", markersize=4,
-                                  label="full → 4-bit"))
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                      frameon=False, fontsize=7)
-            ax.set_title(panel["title"], fontsize=9)
-            ax.margins(0.08)
-        for ax in axes:
-            ax.set_xlabel("KnowMem_r ↑ (utility, ROUGE-L F1 ×100)")
-            ax.set_ylabel("VerbMem_f ↓ (forget-set memorization, ROUGE-L F1 ×100)")
-            ax.grid(True, color="#dddddd", linewidth=0.6)
-            ax.set_axisbelow(True)
+        fig = _figure(panels, title)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="svg", metadata={
+        metadata = {
             "Date": None,
             "Creator": f"muse-quant leaderboard build (matplotlib v{matplotlib.__version__})",
             "Description": f"plotted data sha256 {fingerprint(panels)}",
             "Title": title,
-        })
+        } if fmt == "svg" else None
+        fig.savefig(buffer, format=fmt, metadata=metadata, dpi=110)
     return buffer.getvalue()
+
+
+def _figure(panels: list[dict], title: str):
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    n = max(1, len(panels))
+    fig = Figure(figsize=(7.5 * n, 5.0), layout="constrained")
+    FigureCanvasSVG(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    fig.suptitle(title)
+    if not panels:
+        ax = axes[0]
+        ax.text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=ax.transAxes,
+                color="#7f7f7f")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+    for ax, panel in zip(axes, panels):
+        handles = []
+        for item in panel["entries"]:
+            pts = item["points"]
+            for scheme, (x, y) in pts.items():
+                hollow = scheme not in (FULL, *FOUR_BIT)  # 8-bit: open marker, drawn below
+                ax.plot([x], [y], linestyle="none", marker=MARKERS[scheme], markersize=7,
+                        color=item["colour"], fillstyle="none" if hollow else "full",
+                        markeredgecolor=item["colour"] if hollow else "white",
+                        markeredgewidth=1.0 if hollow else 0.6,
+                        zorder=3 if hollow else (5 if scheme == FULL else 4))
+            for scheme in FOUR_BIT:
+                if scheme in pts and FULL in pts:
+                    ax.annotate("", xy=pts[scheme], xytext=pts[FULL], zorder=2,
+                                arrowprops={"arrowstyle": "-|>", "color": item["colour"],
+                                            "lw": 1.2, "shrinkA": 4, "shrinkB": 4,
+                                            "alpha": 0.8})
+            suffix = {"target": " (target)", "retrain": " (retrain)"}.get(item["kind"], "")
+            handles.append(Line2D([], [], linestyle="none", marker="o", color=item["colour"],
+                                  label=f"{item['label']}{suffix}"))
+        handles += [Line2D([], [], linestyle="none", marker=MARKERS[s], color="#555555",
+                           fillstyle="full" if s in (FULL, *FOUR_BIT) else "none",
+                           label=label) for s, label in PRECISIONS
+                    if any(s in item["points"] for item in panel["entries"])]
+        handles.append(Line2D([], [], color="#555555", marker=">", markersize=4,
+                              label="full → 4-bit"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  fontsize=7)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.margins(0.08)
+    for ax in axes:
+        ax.set_xlabel("KnowMem_r ↑ (utility, ROUGE-L F1 ×100)")
+        ax.set_ylabel("VerbMem_f ↓ (forget-set memorization, ROUGE-L F1 ×100)")
+        ax.grid(True, color="#dddddd", linewidth=0.6)
+        ax.set_axisbelow(True)
+    return fig
 
 
 # ---------------------------------------------------------------- build

@@ -284,6 +284,12 @@ def schema_problems(meta, where: str) -> list[str]:
             extra = sorted(set(meta) - set(allowed))
             out.append(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; allowed keys: "
                        f"{', '.join(allowed)}")
+        elif err.validator == "anyOf" and all(set(sub) == {"required"}
+                                               for sub in err.validator_value):
+            keys = " or ".join(repr(sub["required"][0]) for sub in err.validator_value)
+            out.append(f"{where}: {at + ': ' if at else ''}needs {keys}")
+        elif err.validator == "not" and err.validator_value == {"required": ["target"]}:
+            out.append(f"{where}: a target entry has no 'target' key")
         elif err.validator == "maxLength":
             out.append(f"{where}: {at or 'value'} is longer than {err.validator_value} characters")
         else:
