@@ -126,6 +126,20 @@ def _default_target(root: Path, corpus: str, reproducible: str, muse_data: str) 
     return targets[0]
 
 
+def _warn_if_other_base(pretrained, target) -> None:
+    """Retained knowledge assumes the method started from the target's model: say so when the
+    base model the results were computed with is here and hashes differently."""
+    if not pretrained or not Path(pretrained).exists():
+        return
+    digest, _ = checkpoint_sha256(pretrained)
+    if digest != target.meta["checkpoint"]["sha256"]:
+        print(f"warning: the results were computed from the base model {pretrained}, whose sha256 "
+              f"({digest[:12]}…) differs from the checkpoint of the target entry {target.slug} "
+              f"({target.meta['checkpoint']['sha256'][:12]}…). Retained knowledge is only "
+              f"meaningful against the model you unlearned from: if that is another model, add it "
+              f"with --kind target and pass --target.")
+
+
 HEADER = """\
 # Leaderboard entry, written by `muse-quant leaderboard add`.
 # Text fields may be edited; results/*.json must stay exactly as `muse-quant sweep` wrote them.
@@ -246,6 +260,8 @@ def add_entry(root: str | Path, corpus: str, slug: str, results: str | Path,
             board = load_board(root)
             found = [e for e in board.corpus_entries(corpus) if e.slug == target]
             problems = target_problems(entry, found[0] if found else None)
+            if not problems and kind == "method":
+                _warn_if_other_base(info.get("pretrained"), found[0])
         if problems:
             raise MuseQuantError(f"the new entry {corpus}/{slug} is not valid:\n  "
                                  + "\n  ".join(problems),

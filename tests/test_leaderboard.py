@@ -370,9 +370,11 @@ def test_committed_board_is_up_to_date():
 
 
 # ---------------------------------------------------------------- add
-def sweep_output(folder, unlearned=None, corpus="news", verbmem=(6.0, 6.0, 30.0)):
+def sweep_output(folder, unlearned=None, corpus="news", verbmem=(6.0, 6.0, 30.0),
+                 pretrained="/models/target"):
     for scheme, v in zip(("none", "bnb-int8", "bnb-fp4"), verbmem):
-        write_results(folder, make_results(corpus, scheme, verbmem=v, unlearned=unlearned))
+        write_results(folder, make_results(corpus, scheme, verbmem=v, unlearned=unlearned,
+                                           pretrained=pretrained))
     (folder / "notes.json").write_text('{"not": "results"}')
     return folder
 
@@ -399,11 +401,13 @@ def test_add_end_to_end(tmp_path, capsys):
             "muse_data": "embedded", "checkpoint": str(ckpt),
             "command": ["muse-quant", "unlearn", "--method", "npo_klr", "--out", str(ckpt_dir)]}
     (ckpt_dir / "run_card.json").write_text(json.dumps(card))
-    out = sweep_output(tmp_path / "sweep_out", unlearned=str(ckpt))
+    out = sweep_output(tmp_path / "sweep_out", unlearned=str(ckpt), pretrained=str(target_model))
     args = ["leaderboard", "add", "--root", str(root), "--corpus", "news", "--slug", "npo-klr",
             "--results", str(out), "--checkpoint", str(ckpt), "--submitted_by", "Ada",
             "--paper", "https://arxiv.org/abs/2410.16454"]
+    capsys.readouterr()
     assert main(args) == 0
+    assert "warning" not in capsys.readouterr().out  # unlearned from the target's model
     entry = root / "submissions" / "news" / "npo-klr"
     # results copied unedited, only the <scheme>.json results files
     assert sorted(p.name for p in (entry / "results").iterdir()) == \
@@ -424,6 +428,17 @@ def test_add_end_to_end(tmp_path, capsys):
     assert main(args[:-2] + ["--method", "Other"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (entry / "entry.yaml").read_bytes() == before
+
+    # results computed from another base model than the target's: a warning
+    other_model = tmp_path / "other_model"
+    shutil.copytree(target_model, other_model)
+    (other_model / "model.safetensors").write_bytes(b"\x01" * 1000)
+    other = sweep_output(tmp_path / "other_out", unlearned=str(ckpt), pretrained=str(other_model))
+    assert main(["leaderboard", "add", "--root", str(root), "--corpus", "news", "--slug",
+                 "from-other", "--results", str(other), "--checkpoint", str(ckpt),
+                 "--submitted_by", "Ada"]) == 0
+    assert "differs from the checkpoint of the target entry toy-target" in \
+        capsys.readouterr().out
 
     # then the user builds and checks
     assert main(["leaderboard", "build", "--root", str(root)]) == 0
