@@ -145,7 +145,9 @@ def _details(entry: Entry) -> list[str]:
         text = ", ".join(f"{md(k)}={md(_scalar(v))}" for k, v in sorted(hyper.items()))
         source = "run card" if entry.run_card else "hyperparameters"
         out.append(f"  - Unlearning ({source}): {text}")
-    schemes = ", ".join(f"`{s}`" for s in sorted(entry.results))
+    order = [s for s, _ in PRECISIONS]
+    schemes = ", ".join(f"`{s}`" for s in sorted(
+        entry.results, key=lambda s: (order.index(s) if s in order else len(order), s)))
     out.append(f"  - Schemes evaluated: {schemes}. Submitted by {md(meta['submitted_by'])}. "
                f"Files: [`{SUBMISSIONS_DIR}/{entry.corpus}/{entry.slug}/`]"
                f"({SUBMISSIONS_DIR}/{entry.corpus}/{entry.slug}/{ENTRY_FILE})")
@@ -188,8 +190,9 @@ def render_readme(board: Board) -> str:
                          f"in `{SUBMISSIONS_DIR}/{corpus}/`.")
         for group in corpus_groups:
             target = group.target
+            limit = f", first {fmt(target.limit, 0)} examples per task" if target.limit else ""
             lines += [f"### Compared with target `{target.slug}` ({target.reproducible} scale, "
-                      f"`{target.muse_data}` data)", ""]
+                      f"`{target.muse_data}` data{limit})", ""]
             lines += _table(group)
             lines += [""] + _average_line(group)
         lines += ["", f"![{CORPUS_TITLE[corpus]}: KnowMem_r vs VerbMem_f per precision]"
