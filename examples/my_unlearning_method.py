@@ -14,4 +14,5 @@ class BoundedGA(UnlearningMethod):
         return -torch.clamp(nll(model, forget_batch), max=15.0)
 
     def loss(self, model, ref_model, forget_batch, retain_batch):
-        return self.forget_loss(model, ref_model, forget_batch) + self.alpha * nll(model, retain_batch)
+        forget = self.forget_loss(model, ref_model, forget_batch)
+        return forget + self.alpha * nll(model, retain_batch)

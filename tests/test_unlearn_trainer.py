@@ -5,7 +5,6 @@ chunks, so the whole file stays fast; the behaviour checked is what the issue as
 """
 
 import json
-import math
 from pathlib import Path
 
 import pytest

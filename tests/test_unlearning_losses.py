@@ -168,7 +168,8 @@ def test_mask_from_scores_percentiles():
         SureMask.from_scores(scores, parse_threshold("abs:5"), "module")
     rows = {"w": torch.tensor([0.5, 3.0, 1.0]), "norm": torch.tensor([2.0])}
     neuron = SureMask.from_scores(rows, parse_threshold("abs:1"), "neuron")
-    assert neuron.mask["w"].tolist() == [False, True, True] and neuron.mask["norm"].tolist() == [True]
+    assert neuron.mask["w"].tolist() == [False, True, True]
+    assert neuron.mask["norm"].tolist() == [True]
     card = neuron.run_card()
     assert card["mask"] == {"w": 2, "norm": 1} and card["scores"]["w"] == 3.0
 
@@ -184,3 +185,13 @@ def test_example_plugin_registers_a_method_and_its_sure_variant():
         -0.5 * math.log(2), rel=1e-6)
     with pytest.raises(MuseQuantError, match="no such Python file"):
         load_plugin(REPO / "examples" / "missing.py")
+
+
+def test_contributing_shows_the_example_file_verbatim():
+    import re
+
+    section = (REPO / "CONTRIBUTING.md").read_text().split("## Add your unlearning method")[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    example = (REPO / "examples" / "my_unlearning_method.py").read_text()
+    assert block == example
+    assert len(example.splitlines()) <= 20

@@ -3,7 +3,8 @@
 Zhang, Lin, Bai, Mei 2024, "Negative Preference Optimization: From Catastrophic Collapse to
 Effective Unlearning", eq. (3):
 
-    L_NPO = -(2/beta) * E_{(x,y) in D_forget} [ log sigma( -beta * (log p_theta(y|x) - log p_ref(y|x)) ) ]
+    L_NPO = -(2/beta) * E_{(x,y) in D_forget} [ log sigma(-beta * (log p_theta(y|x)
+                                                              - log p_ref(y|x))) ]
 
 where log p(y|x) is the SEQUENCE log-likelihood (the sum of the token log-probabilities of a
 batch row, :func:`.base.sequence_logprob`), the expectation is the mean over the batch rows, and

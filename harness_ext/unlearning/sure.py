@@ -27,7 +27,6 @@ computed once at theta_o, as the paper defines it, and enforced.)
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,8 +34,6 @@ import torch
 
 from ..errors import MuseQuantError
 from .base import METHODS, UnlearningMethod
-
-log = logging.getLogger(__name__)
 
 SUFFIX = "_sure"
 SURE_LR = 1e-4
@@ -102,7 +99,8 @@ def parse_threshold(text) -> Threshold:
 # --------------------------------------------------------------------------------------
 
 def compute_saliency(model, method: UnlearningMethod, ref_model, batches: list[dict],
-                     granularity: str, progress: bool = True, autocast=None) -> dict[str, torch.Tensor]:
+                     granularity: str, progress: bool = True,
+                     autocast=None) -> dict[str, torch.Tensor]:
     """s_i at the model's current weights (theta_o), over all ``batches`` of the forget set.
 
     Returns ``{parameter name: scores}``: a 0-d tensor per tensor (``module``), or one score per

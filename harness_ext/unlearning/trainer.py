@@ -126,7 +126,8 @@ def _resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MuseQuantError(f"unknown --device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+        raise MuseQuantError(f"unknown --device {name!r}",
+                             "use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MuseQuantError("--device cuda but no CUDA GPU is available", "use --device cpu")
     return device
@@ -188,7 +189,8 @@ def load_retain(cfg: UnlearnConfig, required: bool, method_name: str) -> TextSet
             log.info("no retain set (%s); retain_nll will be null", err.problem)
             return None
         raise MuseQuantError(
-            f"method {method_name!r} trains on a retain set, but it cannot be loaded: {err.problem}",
+            f"method {method_name!r} trains on a retain set, but it cannot be loaded: "
+            f"{err.problem}",
             f"pass --retain FILE (a JSON list of texts, JSONL of {{\"text\": ...}} or a .txt file "
             f"with blank-line separated documents), or a --muse_data source with "
             f"{cfg.corpus}/raw/retain1.json",
