@@ -203,6 +203,16 @@ def test_sure_neuron_granularity_restricts_rows(target, data, tmp_path):
     assert card["sure"]["granularity"] == "neuron"
 
 
+def test_neuron_masking_with_every_row_selected_is_plain_adamw(target, data, tmp_path):
+    """Row masking + the manual row-wise weight decay reproduce AdamW exactly when every row is
+    selected (threshold 0), so the masked variant differs only where the mask says."""
+    kw = dict(max_steps=3, sure_threshold="0", weight_decay=0.1)
+    run(target, data, tmp_path / "module", "ga_klr_sure", **kw)
+    run(target, data, tmp_path / "neuron", "ga_klr_sure", sure_granularity="neuron", **kw)
+    a, b = params(tmp_path / "module" / "model"), params(tmp_path / "neuron" / "model")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 # --------------------------------------------------------------------------------------
 # Numerics and checkpoints
 # --------------------------------------------------------------------------------------
@@ -226,6 +236,13 @@ def test_bf16_loses_small_updates_fp32_does_not(target, data, tmp_path):
           f"bf16 {fractions['bf16']:.3f}, fp32 {fractions['fp32']:.3f}")
     assert fractions["bf16"] > 0.5
     assert fractions["fp32"] < 0.05
+    # bf16-mixed keeps fp32 master weights: small updates survive
+    card = run(target, data, tmp_path / "mixed", "ga", lr=1e-5, max_steps=1,
+               precision="bf16-mixed")
+    assert card["precision"] == "bf16-mixed"
+    after = params(tmp_path / "mixed" / "model")
+    unchanged = sum(int((after[n] == original[n]).sum()) for n in names)
+    assert unchanged / sum(original[n].numel() for n in names) < 0.05
 
 
 def test_delta_and_full_checkpoints_give_identical_logits(target, data, tmp_path):

@@ -203,11 +203,15 @@ class SureMask:
 
     @torch.no_grad()
     def decay_rows(self, model, lr: float, weight_decay: float) -> None:
-        """AdamW's decoupled weight decay (p *= 1 - lr*wd) on the selected rows only."""
+        """AdamW's decoupled weight decay (p *= 1 - lr*wd) on the selected rows only.
+
+        With neuron granularity the optimizer runs without weight decay and this is called
+        right before its step, which is where AdamW applies the decay.
+        """
         if self.granularity != "neuron" or not weight_decay:
             return
         for name, p in model.named_parameters():
-            if self.row_masked(name):
+            if self.selected(name):
                 p.copy_(torch.where(self._row_mask(name, p), p * (1 - lr * weight_decay), p))
 
     # -- recording ----------------------------------------------------------------------

@@ -267,6 +267,12 @@ class UnlearningRun:
                 raise MuseQuantError(f"--{key} must be positive", f"pass a larger --{key}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise MuseQuantError("--max_steps must be at least 1", "omit it to train for --epochs")
+        if cfg.resume and cfg.overwrite:
+            raise MuseQuantError("--resume and --overwrite contradict each other",
+                                 "pass --resume to continue the run, --overwrite to start over")
+        if cfg.stop_after_epochs is not None and cfg.stop_after_epochs < 1:
+            raise MuseQuantError("--stop_after_epochs must be at least 1",
+                                 "omit it to train to the end")
         if cfg.epochs is not None and cfg.epochs < 1:
             raise MuseQuantError("--epochs must be at least 1", "pass --epochs 1 or more")
         if not cfg.beta > 0 or not cfg.alpha >= 0:
@@ -334,7 +340,7 @@ class UnlearningRun:
         from .lora import AdaptersDisabled, merge, wrap
 
         cfg, method = self.cfg, self.method
-        started = time.perf_counter()
+        self._session_start = time.perf_counter()
         self._check_out()
         forget_set = load_forget(cfg)
         retain_set = load_retain(cfg, method.needs_retain, cfg.method)
@@ -393,8 +399,6 @@ class UnlearningRun:
         self._train(model, ref_model, optimizer, trainable, forget, retain, forget_gen,
                     retain_sampler)
         if self.state.step < self.total_steps:  # stopped early (--stop_after_epochs)
-            self.state.wall_time += time.perf_counter() - started
-            self._save_resume(model, optimizer, forget_gen, retain_sampler)
             log.info("stopped after epoch %d (step %d/%d); continue with --resume",
                      self.state.epoch, self.state.step, self.total_steps)
             return {}
@@ -406,7 +410,7 @@ class UnlearningRun:
             model = merge(model)
         checkpoint = self._save_weights(model, tokenizer, save_dtype)
         card = self._run_card(forget_set, retain_set, final_losses, checkpoint, save_dtype,
-                              time.perf_counter() - started + self.state.wall_time)
+                              self._wall_time())
         _write_json(self.out / LOSSES, {"step_losses": self.state.losses})
         _write_json(self.out / RUN_CARD, card)
         shutil.rmtree(self.out / RESUME_DIR, ignore_errors=True)
@@ -496,6 +500,10 @@ class UnlearningRun:
         return total / max(count, 1)
 
     # ---------------------------------------------------------------- resume checkpoints
+    def _wall_time(self) -> float:
+        """Seconds spent on this run, earlier (resumed) sessions included."""
+        return self.state.wall_time + time.perf_counter() - self._session_start
+
     def _save_resume(self, model, optimizer, forget_gen, retain_sampler) -> None:
         from safetensors.torch import save_file
 
@@ -515,7 +523,7 @@ class UnlearningRun:
             save_file(self.sure_mask.tensors(), str(tmp / SURE_ROWS))
         state = {"config": self.cfg.training_fields(), "step": self.state.step,
                  "epoch": self.state.epoch, "losses": self.state.losses,
-                 "wall_time": self.state.wall_time,
+                 "wall_time": self._wall_time(),
                  "retain_queue": retain_sampler.queue if retain_sampler else None,
                  "sure": {"gamma": self.sure_mask.gamma} if self.sure_mask else None}
         (tmp / "state.json").write_text(json.dumps(state))
