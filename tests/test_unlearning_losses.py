@@ -195,3 +195,32 @@ def test_contributing_shows_the_example_file_verbatim():
     example = (REPO / "examples" / "my_unlearning_method.py").read_text()
     assert block == example
     assert len(example.splitlines()) <= 20
+
+
+def test_weight_delta_round_trips_bit_for_bit_with_tied_weights(tmp_path):
+    """theta_o + delta == theta_u exactly, also for weights that cross zero (where no float32
+    delta can be exact and the file carries the exact values), and tied weights appear once."""
+    from harness_ext import weights
+    from harness_ext.tiny import build_tiny_llama
+
+    original, _ = build_tiny_llama(seed=4, hidden_size=128, intermediate_size=384,
+                                   num_hidden_layers=1, tie_word_embeddings=True)
+    unlearned = copy.deepcopy(original)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unlearned.parameters():
+            for _ in range(3):  # several rounded steps, as training takes
+                p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
+        unlearned.model.layers[0].mlp.up_proj.weight.zero_()  # a whole tensor crossing to 0
+        unlearned.model.norm.weight.copy_(original.model.norm.weight)  # an unchanged tensor
+    delta, patched = weights.weight_delta(unlearned, original)
+    assert "model.embed_tokens.weight" in delta and "lm_head.weight" not in delta
+    assert "model.norm.weight" not in delta
+    assert patched > 0 and any(k.endswith(weights.EXACT_VALUE) for k in delta)
+    weights.save_delta(delta, tmp_path / "delta.safetensors")
+    fresh = copy.deepcopy(original)
+    fresh, report = weights.apply_unlearned(fresh, tmp_path / "delta.safetensors")
+    assert report["kind"] == "delta"
+    for (name, a), (_, b) in zip(fresh.named_parameters(), unlearned.named_parameters()):
+        assert torch.equal(a, b), name
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
