@@ -246,9 +246,9 @@ def weight_delta(unlearned: nn.Module, original: nn.Module) -> tuple[dict[str, t
 
     Each delta has the original's dtype; tensors that did not change are left out. ``original +
     delta`` (what :func:`apply_unlearned` computes) equals the unlearned weights bit for bit
-    except where a weight crosses zero: there |theta_u| < |delta| and no float of the delta's
-    width makes the addition exact (it is off by up to half an ulp of the delta). For those few
-    elements the file also holds ``<name>:exact_index`` (flat int64 positions) and
+    except where a weight moves to or across zero (|theta_u| much smaller than |delta|): there
+    no float of the delta's width may make the addition exact (it can be off by up to half an ulp
+    of the delta). For those few elements the file also holds ``<name>:exact_index`` (flat int64 positions) and
     ``<name>:exact_value`` (theta_u there), which :func:`apply_unlearned` writes after adding.
     Returns ``(tensors, n_exact_patches)``.
     """

@@ -198,8 +198,8 @@ def test_contributing_shows_the_example_file_verbatim():
 
 
 def test_weight_delta_round_trips_bit_for_bit_with_tied_weights(tmp_path):
-    """theta_o + delta == theta_u exactly, also for weights that cross zero (where no float32
-    delta can be exact and the file carries the exact values), and tied weights appear once."""
+    """theta_o + delta == theta_u exactly, also for weights that move to or across zero (where a
+    float32 delta may not be exact and the file carries the exact values); tied weights once."""
     from harness_ext import weights
     from harness_ext.tiny import build_tiny_llama
 

@@ -583,7 +583,7 @@ class UnlearningRun:
 
         original = AutoModelForCausalLM.from_pretrained(self.cfg.pretrained, dtype=save_dtype)
         delta, patched = weights.weight_delta(model, original)
-        log.info("delta: %d tensors changed; %d elements that cross zero stored exactly",
+        log.info("delta: %d tensors changed; %d elements near zero stored exactly",
                  sum(1 for k in delta if k in dict(original.named_parameters())), patched)
         del original
         weights.save_delta(delta, self.out / name)
