@@ -26,6 +26,29 @@ class TokenizedTexts:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return cls([x for x in ids if len(x) > 1], pad)
 
+    @classmethod
+    def muse_chunks(cls, tokenizer, texts: list[str], max_len: int):
+        """MUSE's training examples (``muse_bench`` ``DefaultDataset`` on ``raw/<split>.txt``).
+
+        The split is joined with blank lines (``"\\n\\n".join``, as MUSE's ``load_data.py`` writes
+        the ``.txt``), tokenized once without special tokens and cut into chunks of
+        ``max_len - 1`` tokens, each prefixed with BOS; the last chunk is filled up to
+        ``max_len`` with tokens from the start of the first chunk (MUSE's "rotation").
+        """
+        if max_len < 2:
+            raise ValueError("max_len must be at least 2")
+        tokens = tokenizer("\n\n".join(texts), add_special_tokens=False).input_ids
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            chunks = [tokens[i:i + max_len] for i in range(0, len(tokens), max_len)]
+        else:
+            chunks = [[bos] + tokens[i:i + max_len - 1]
+                      for i in range(0, len(tokens), max_len - 1)]
+        if chunks and len(chunks[-1]) < max_len:
+            chunks[-1] = (chunks[-1] + chunks[0])[:max_len]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls([c for c in chunks if len(c) > 1], pad)
+
     def __len__(self) -> int:
         return len(self.ids)
 

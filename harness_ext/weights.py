@@ -4,6 +4,7 @@
   ``.safetensors`` weight delta (theta_u - theta_o by parameter name) or a PEFT/LoRA adapter
   directory (merged). Tied weights are changed once.
 * :func:`quantize_model` writes a quantizer's fake-quantized weights back into ``nn.Linear``s.
+* :func:`weight_delta` / :func:`save_delta` write the delta format (``muse-quant unlearn``).
 * :class:`WeightSnapshot` keeps float weights so one loaded model can be re-quantized many times.
 
 Checkpoints are read as safetensors; pickle files (``.bin``, ``.pt``) are refused unless
@@ -26,6 +27,8 @@ from .errors import MuseQuantError
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: key suffixes of the exact-value patches a delta file may carry (see :func:`weight_delta`)
+EXACT_INDEX, EXACT_VALUE = ":exact_index", ":exact_value"
 
 
 # --------------------------------------------------------------------------------------
@@ -155,8 +158,10 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
     if kind == "peft":
         model, update_norms = _merge_peft(model, path, allow_pickle)
     else:
+        patches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if kind == "delta":
             state = load_state_file(path, allow_pickle)
+            patches = _exact_patches(state, str(path))
         else:
             state = {}
             for file in _full_model_files(path):
@@ -171,6 +176,9 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
             update_norms[name] = float(update.float().norm())
             if kind == "delta":
                 param.add_(tensor)
+                if name in patches:
+                    index, value = patches[name]
+                    param.view(-1)[index.to(param.device)] = value.to(param.device, param.dtype)
             else:
                 param.copy_(tensor)
     report = {"kind": kind, "path": str(path),
@@ -179,6 +187,26 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
     log.info("applied unlearned checkpoint (%s) %s: %d tensors changed, ||delta|| = %.4g",
              kind, path, report["tensors_changed"], report["update_l2_norm"])
     return model, report
+
+
+def _exact_patches(state: dict[str, torch.Tensor], where: str):
+    """Pop the ``<name>:exact_index`` / ``<name>:exact_value`` pairs (see :func:`weight_delta`)."""
+    patches = {}
+    for key in [k for k in state if k.endswith(EXACT_INDEX)]:
+        name = key[:-len(EXACT_INDEX)]
+        value = state.pop(name + EXACT_VALUE, None)
+        index = state.pop(key)
+        if value is None or name not in state or index.shape != value.shape or \
+                index.dtype != torch.int64 or (index.numel() and (
+                    index.min() < 0 or index.max() >= state[name].numel())):
+            raise MuseQuantError(f"{where}: {key} does not match {name}{EXACT_VALUE} / {name}",
+                                 "re-write the delta with harness_ext.weights.weight_delta")
+        patches[name] = (index, value)
+    stray = [k for k in state if k.endswith(EXACT_VALUE)]
+    if stray:
+        raise MuseQuantError(f"{where}: {stray[0]} has no matching {EXACT_INDEX}",
+                             "re-write the delta with harness_ext.weights.weight_delta")
+    return patches
 
 
 def _merge_peft(model: nn.Module, path: Path, allow_pickle: bool):
@@ -206,6 +234,55 @@ def _merge_peft(model: nn.Module, path: Path, allow_pickle: bool):
             for adapter in module.active_adapters:
                 update_norms[f"{name}/{adapter}"] = float(module.get_delta_weight(adapter).norm())
     return peft_model.merge_and_unload(), update_norms
+
+
+# --------------------------------------------------------------------------------------
+# Writing unlearning checkpoints (the delta format apply_unlearned reads)
+# --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def weight_delta(unlearned: nn.Module, original: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """theta_u - theta_o by canonical parameter name (tied weights once), on CPU.
+
+    Each delta has the original's dtype; tensors that did not change are left out. ``original +
+    delta`` (what :func:`apply_unlearned` computes) equals the unlearned weights bit for bit
+    except where a weight moves to or across zero (|theta_u| much smaller than |delta|): there
+    no float of the delta's width may make the addition exact (it can be off by up to half an ulp
+    of the delta). For those few elements the file also holds ``<name>:exact_index`` (flat int64 positions) and
+    ``<name>:exact_value`` (theta_u there), which :func:`apply_unlearned` writes after adding.
+    Returns ``(tensors, n_exact_patches)``.
+    """
+    orig = dict(original.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    patched = 0
+    for name, param in unlearned.named_parameters():
+        if name not in orig:
+            raise MuseQuantError(f"{name} is not a parameter of the original model",
+                                 "compute the delta against the same architecture")
+        o = orig[name].detach().cpu()
+        u = param.detach().to("cpu", o.dtype)
+        if torch.equal(u, o):
+            continue
+        d = (u.double() - o.double()).to(o.dtype)
+        out[name] = d.contiguous()
+        bad = ((o + d) != u).reshape(-1)
+        if bad.any():
+            index = bad.nonzero().reshape(-1)
+            out[name + EXACT_INDEX] = index
+            out[name + EXACT_VALUE] = u.reshape(-1)[index].contiguous()
+            patched += int(index.numel())
+    return out, patched
+
+
+def save_delta(delta: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a delta as one ``.safetensors`` file (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(delta, str(tmp), metadata={"format": "pt", "muse_quant": "theta_u - theta_o"})
+    tmp.replace(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------
