@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import MuseQuantError
-from .base import Quantizer, bad_scheme, parse_bits, parse_options
+from .base import Quantizer, parse_bits, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ class CalibratedQuantizer(Quantizer):
     def group_size_for(self, module_name: str, in_features: int) -> int:
         if self.group_size:
             if in_features % self.group_size:
-                raise bad_scheme(self.scheme, f"group size {self.group_size} does not divide the "
-                                 f"{in_features} input columns of {module_name}")
+                raise MuseQuantError(
+                    f"bad quantization scheme {self.scheme!r}: group size {self.group_size} does "
+                    f"not divide the {in_features} input columns of {module_name}",
+                    f"use a group size that divides every layer's input columns, or leave out "
+                    f"g<size> ({self.name}:{self.bits}) to pick 128/64/32 per layer")
             return self.group_size
         for size in GROUP_CANDIDATES:
             if in_features % size == 0:
