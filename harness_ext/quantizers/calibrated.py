@@ -148,6 +148,7 @@ class CalibratedQuantizer(Quantizer):
         with tempfile.TemporaryDirectory() as tmp:
             # oneshot re-reads the config from config._name_or_path; point it at a local copy
             # so that it never goes to the hub.
+            name_or_path = work.config._name_or_path
             work.config.save_pretrained(tmp)
             work.config._name_or_path = tmp
             try:
@@ -163,6 +164,8 @@ class CalibratedQuantizer(Quantizer):
                     f"{str(exc)[:400]}",
                     "check the scheme and the model architecture (llmcompressor supports "
                     "decoder-only HF models)") from exc
+            finally:
+                work.config._name_or_path = name_or_path
         seconds = time.perf_counter() - start
 
         modules = dict(work.named_modules())
