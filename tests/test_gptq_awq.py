@@ -15,7 +15,7 @@ from harness_ext.quantizers import parse_scheme
 from harness_ext.tiny import load_tokenizer
 from harness_ext.weights import quantizable_linear_names, quantize_model, write_parameters
 
-CALIB = ",calib_samples=4,calib_seqlen=64"
+CALIB = ",calib_samples=2,calib_seqlen=32"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def mixed_model():
 
 @pytest.fixture(scope="module")
 def calibration(mixed_model):
-    return build_calibration(mixed_model[1], calib="retain", calib_samples=4, calib_seqlen=64)
+    return build_calibration(mixed_model[1], calib="retain", calib_samples=2, calib_seqlen=32)
 
 
 @pytest.mark.parametrize("scheme, problem", [
@@ -129,7 +129,7 @@ def test_eval_gptq_with_forget_calibration_then_from_cache(small_model_dir, tmp_
     quant = first["config"]["muse_quant"]["quantization"]
     assert quant["scheme"] == "gptq:4" and quant["n_modules"] == 14
     assert quant["calibration"]["source"] == "embedded:news/raw/forget.json"
-    assert quant["calibration"]["samples_used"] == 4 and quant["calibration"]["seqlen"] == 64
+    assert quant["calibration"]["samples_used"] == 2 and quant["calibration"]["seqlen"] == 32
     assert quant["group_sizes_chosen"] == [128] and quant["cache"]["hit"] is False
     assert len(list(cache.glob("*.safetensors"))) == 1
 

@@ -23,11 +23,13 @@ from .base import QUANTIZERS
 from .calibrated import CalibratedQuantizer
 
 
-def fold_scales(original: torch.Tensor, scaled: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+def fold_scales(original: torch.Tensor, scaled: torch.Tensor, max_iterations: int = 200,
+                tol: float = 1e-13) -> torch.Tensor:
     """The matrix r_i * c_j with scaled ~= diag(r) original diag(c) (float64).
 
     Least squares on log|scaled / original| = log r_i + log c_j over the entries where both are
-    non-zero (alternating row/column means; exact in one pass when no entry is zero).
+    non-zero (alternating row/column means until they change by less than ``tol``; exact after
+    one pass when no entry is zero).
     """
     a_w, b_w = original.double(), scaled.double()
     mask = (a_w != 0) & (b_w != 0)
@@ -37,9 +39,13 @@ def fold_scales(original: torch.Tensor, scaled: torch.Tensor, iterations: int = 
     col_n = weights.sum(0).clamp(min=1)
     a = torch.zeros(a_w.shape[0], dtype=torch.float64)
     b = torch.zeros(a_w.shape[1], dtype=torch.float64)
-    for _ in range(iterations):
+    for _ in range(max_iterations):
         b = ((logs - a[:, None]) * weights).sum(0) / col_n
-        a = ((logs - b[None, :]) * weights).sum(1) / row_n
+        new_a = ((logs - b[None, :]) * weights).sum(1) / row_n
+        converged = float((new_a - a).abs().max()) < tol
+        a = new_a
+        if converged:
+            break
     return torch.exp(a[:, None] + b[None, :])
 
 
