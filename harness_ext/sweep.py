@@ -132,6 +132,27 @@ def _existing(path: Path, scheme: str) -> str | None:
     return None
 
 
+def _scan_builtins(tasks: list[str]) -> bool:
+    """Scan lm-eval's ~14k built-in tasks only when a non-MUSE task is asked for (as ``eval``)."""
+    return os.environ.get("MUSE_QUANT_SCAN_BUILTINS") == "1" or \
+        not all(t.startswith("muse_") for t in tasks)
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Fail before loading anything when a task name is unknown."""
+    from lm_eval.tasks import TaskManager
+
+    from .plugin import tasks_dir
+
+    known = set(TaskManager(include_path=tasks_dir(),
+                            include_defaults=_scan_builtins(tasks)).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise MuseQuantError(f"unknown task(s): {', '.join(unknown)}",
+                             "e.g. --tasks muse_news_quant (muse-quant tasks-dir lists the "
+                             "MUSE task files)")
+
+
 def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metadata: dict,
                      limit, device, batch_size) -> dict:
     """``simple_evaluate`` plus what ``lm_eval --output_path`` adds before writing."""
@@ -142,7 +163,7 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
     from .plugin import tasks_dir
 
     scheme_args = {**model_args, "quant": scheme}
-    task_manager = TaskManager(include_path=tasks_dir(), include_defaults=False,
+    task_manager = TaskManager(include_path=tasks_dir(), include_defaults=_scan_builtins(tasks),
                                metadata={**scheme_args, **metadata})
     tracker = EvaluationTracker()
     results = lm_eval.simple_evaluate(
@@ -161,7 +182,7 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
 
 
 def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None,
-              device: str | None = None, batch_size=1, progress: bool = True) -> SweepResult:
+              device: str | None = None, batch_size=None, progress: bool = True) -> SweepResult:
     """Evaluate every scheme on one loaded model; see the module docstring."""
     schemes = parse_scheme_list(schemes)
     model_args = parse_model_args(model_args)
@@ -172,6 +193,14 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
                                  else str(tasks or "").split(",")) if t and t.strip()]
     if not tasks:
         raise MuseQuantError("no tasks given", "e.g. --tasks muse_news_quant")
+    check_tasks(tasks)
+    # device / batch_size may come from the flags or from model_args (not both)
+    for key, value in (("device", device), ("batch_size", batch_size)):
+        if key in model_args and value is not None:
+            raise MuseQuantError(f"{key} is given both as --{key} and in --model_args",
+                                 f"pass it once, as --{key}")
+    device = device if device is not None else model_args.pop("device", None)
+    batch_size = batch_size if batch_size is not None else model_args.pop("batch_size", 1)
     if limit is not None:
         limit = float(limit)
         limit = int(limit) if limit.is_integer() else limit

@@ -116,12 +116,20 @@ def test_existing_file_for_another_scheme_is_not_overwritten(small_model_dir, tm
     ("pretrained=M", "none,none", "lists none more than once"),
     ("pretrained=M", " , ", "no quantization schemes given"),
     ("pretrained=M,calib=wikipedia", "gptq:4", "unknown calib 'wikipedia'"),
+    ("pretrained=M,device=cpu --device cpu", "none", "device is given both"),
 ])
 def test_bad_arguments_fail_before_loading(tmp_path, model_args, quant, message, capsys):
+    model_args, *flags = model_args.split(" ")
     code = main(["sweep", "--model_args", model_args, "--quant", quant, "--tasks", TASK,
-                 "--output_path", str(tmp_path / "out")])
+                 "--output_path", str(tmp_path / "out"), *flags])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_fails_before_loading(tmp_path, capsys):
+    code = main(["sweep", "--model_args", "pretrained=M", "--quant", "none", "--tasks",
+                 "muse_news_quantt", "--output_path", str(tmp_path / "out")])
+    assert code == 2 and "unknown task(s): muse_news_quantt" in capsys.readouterr().err
 
 
 def test_parsers():

@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
                              "($MUSE_DATA is used when muse_data is not given)")
     parser.add_argument("--limit", default=None, help="documents per task (as lm_eval)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--batch_size", default="1", help="as lm_eval (an integer or auto)")
+    parser.add_argument("--batch_size", default=None,
+                        help="as lm_eval: an integer or auto (default 1)")
 
 
 def run(args) -> int:
@@ -41,7 +42,7 @@ def run(args) -> int:
     from ..sweep import run_sweep
 
     batch = args.batch_size
-    batch = int(batch) if str(batch).isdigit() else batch
+    batch = int(batch) if batch is not None and str(batch).isdigit() else batch
     result = run_sweep(args.model_args, args.quant, args.tasks, args.output_path,
                        metadata=args.metadata, limit=args.limit, device=args.device,
                        batch_size=batch)
