@@ -83,6 +83,8 @@ class MuseQuantLM(HFLM):
 
             validate_calib(**self._calib_args)
         self._float_snapshot: weights.WeightSnapshot | None = None
+        # module / parameter names the last quantization changed (None: unknown, restore all)
+        self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
         if kwargs.get("delta"):
             raise MuseQuantError("muse_quant does not use lm-eval's delta= (it adds tied weights "
@@ -101,7 +103,8 @@ class MuseQuantLM(HFLM):
             # other_parameters: AWQ also rescales norm weights
             self._float_snapshot = weights.WeightSnapshot(self._model, names,
                                                           other_parameters=True)
-        self._quantize(self._quantizer)
+        report = self._quantize(self._quantizer)
+        self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
 
     def _calibration(self, quantizer):
         if not quantizer.needs_calibration:
@@ -135,9 +138,12 @@ class MuseQuantLM(HFLM):
         if self._float_snapshot is None:
             raise MuseQuantError("requantize() needs the float weights kept",
                                  "create the model with keep_float_weights=True")
-        self._float_snapshot.restore(self._model)
+        self._float_snapshot.restore(self._model, only=self._changed)
+        self._changed = None  # unknown until this quantization has succeeded
         self._quantizer = quantizer
-        return self._quantize(quantizer)
+        report = self._quantize(quantizer)
+        self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
+        return report
 
     # ---------------------------------------------------------------- decoding
     def tok_decode(self, tokens, skip_special_tokens: bool = True):

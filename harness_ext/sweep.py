@@ -181,6 +181,20 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
     return results
 
 
+def evaluate_scheme(lm, scheme: str, model_args: dict, tasks: list[str], metadata: dict, limit,
+                    device, batch_size) -> tuple[dict, dict]:
+    """One sweep step on a loaded ``keep_float_weights`` model: restore the float weights,
+    quantize with ``scheme``, run the tasks. Returns ``(results, timing)``."""
+    start = time.perf_counter()
+    lm.requantize(scheme)
+    quantized = time.perf_counter()
+    results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
+                               batch_size)
+    evaluated = time.perf_counter()
+    return results, {"quantize_seconds": round(quantized - start, 4),
+                     "evaluate_seconds": round(evaluated - quantized, 4)}
+
+
 def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None,
               device: str | None = None, batch_size=None, progress: bool = True) -> SweepResult:
     """Evaluate every scheme on one loaded model; see the module docstring."""
@@ -254,15 +268,9 @@ def _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batc
         bar.set_postfix_str(scheme)
         path = result.output_path / scheme_filename(scheme)
         try:
-            start = time.perf_counter()
-            lm.requantize(scheme)
-            quantized = time.perf_counter()
-            results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
-                                       batch_size)
-            evaluated = time.perf_counter()
-            timing = {"load_seconds": result.load_seconds,
-                      "quantize_seconds": round(quantized - start, 4),
-                      "evaluate_seconds": round(evaluated - quantized, 4)}
+            results, timing = evaluate_scheme(lm, scheme, model_args, tasks, metadata, limit,
+                                              device, batch_size)
+            timing = {"load_seconds": result.load_seconds, **timing}
             if results:
                 results["config"].setdefault("muse_quant", {})["sweep"] = timing
                 write_json(path, results)

@@ -303,10 +303,6 @@ def swap_module(model: nn.Module, name: str, new_module: nn.Module) -> None:
     model.set_submodule(name, new_module)
 
 
-def swapped_module_names(model: nn.Module) -> list[str]:
-    return sorted(model.__dict__.get(_SWAPPED, {}))
-
-
 @torch.no_grad()
 def restore_swapped(model: nn.Module, float_weights: dict[str, torch.Tensor]) -> list[str]:
     """Put the original modules back at every :func:`swap_module`'d name.
@@ -366,8 +362,13 @@ class WeightSnapshot:
                                for n, p in model.named_parameters() if id(p) not in covered}
 
     @torch.no_grad()
-    def restore(self, model: nn.Module) -> None:
-        restore_swapped(model, self.weights)
-        write_weights(model, self.weights.items())
-        if self.parameters:
-            write_parameters(model, self.parameters)
+    def restore(self, model: nn.Module, only: Iterable[str] | None = None) -> None:
+        """Write the kept values back; with ``only``, just those module / parameter names
+        (what the last quantization changed; swapped modules are always put back)."""
+        swapped = set(restore_swapped(model, self.weights))
+        keep = None if only is None else set(only)
+        write_weights(model, ((n, w) for n, w in self.weights.items()
+                              if (keep is None or n in keep) and n not in swapped))
+        params = {n: t for n, t in self.parameters.items() if keep is None or n in keep}
+        if params:
+            write_parameters(model, params)
