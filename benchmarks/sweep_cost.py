@@ -12,7 +12,8 @@ evaluate K schemes:
 
 On a shared machine timings drift by large factors within minutes, so the two are interleaved
 scheme by scheme (a separate run, then the sweep step of the same scheme) for ``--repeats``
-rounds, and the fastest time of each is kept (noise only adds time). Then
+rounds, and the fastest time of each is kept (noise only adds time). The process's CPU time
+(``time.process_time``, much less sensitive to other processes) is compared too. Then
 
   ratio = (sweep's load + sum of sweep steps) / (one load + sum of (quantize + evaluate) of the
   separate runs)
@@ -73,30 +74,35 @@ def main() -> None:
         common = dict(model_args=model_args, tasks=tasks, metadata=metadata, limit=args.limit,
                       device="cpu", batch_size=args.batch_size)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         swept = MuseQuantLM(**model_args, keep_float_weights=True, device="cpu",
                             batch_size=args.batch_size)
-        sweep_load = time.perf_counter() - start
+        sweep_load, sweep_load_cpu = time.perf_counter() - start, time.process_time() - cpu
         sweep._lm_eval_results(swept, "none", **common)  # warm-up: imports, first calls
         import llmcompressor  # noqa: F401
 
         best: dict[str, dict] = {}
         for repeat in range(args.repeats):
             for scheme in schemes:
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 lm = MuseQuantLM(**model_args, quant=scheme, device="cpu",
                                  batch_size=args.batch_size)
-                loaded = time.perf_counter()
+                loaded, cpu1 = time.perf_counter(), time.process_time()
                 sweep._lm_eval_results(lm, scheme, **common)
-                done = time.perf_counter()
+                done, cpu2 = time.perf_counter(), time.process_time()
                 quantize = lm.muse_info["quantization"]["total_seconds"]
                 del lm
+                cpu3 = time.process_time()
                 _, step = sweep.evaluate_scheme(swept, scheme, **common)
+                cpu4 = time.process_time()
                 run = {"load": loaded - start - quantize, "quantize": quantize,
                        "evaluate": done - loaded, "separate": done - start,
                        "sweep_quantize": step["quantize_seconds"],
                        "sweep_evaluate": step["evaluate_seconds"],
-                       "sweep_step": step["quantize_seconds"] + step["evaluate_seconds"]}
+                       "sweep_step": step["quantize_seconds"] + step["evaluate_seconds"],
+                       # CPU time of this process: far less sensitive to other processes
+                       "cpu_load_quantize": cpu1 - cpu0, "cpu_evaluate": cpu2 - cpu1,
+                       "cpu_sweep_step": cpu4 - cpu3}
                 print(f"[{repeat + 1}] {scheme:<11} separate: load {run['load']:5.1f} s, "
                       f"quantize {quantize:6.1f} s, evaluate {run['evaluate']:6.1f} s | sweep "
                       f"step: quantize {run['sweep_quantize']:6.1f} s, evaluate "
@@ -128,6 +134,11 @@ def main() -> None:
           f"{t_sweep:.1f} s")
     print(f"one load ({one_load:.2f} s) + K x (quantize + evaluate), separate runs: {bound:.1f} s")
     print(f"K separate runs: {t_separate:.1f} s")
+    cpu_sweep = sweep_load_cpu + sum(v["cpu_sweep_step"] for v in best.values())
+    cpu_separate = sum(v["cpu_load_quantize"] + v["cpu_evaluate"] for v in best.values())
+    print(f"CPU time of the process: sweep {cpu_sweep:.1f} s (load {sweep_load_cpu:.2f} s) vs "
+          f"K separate runs (load + quantize + evaluate) {cpu_separate:.1f} s; ratio "
+          f"{cpu_sweep / cpu_separate:.3f}")
     ratio = t_sweep / bound
     print(f"overhead ratio sweep / (one load + K x (quantize + evaluate)) = {ratio:.3f}")
     print(f"sweep / K separate runs = {t_sweep / t_separate:.3f}")
