@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: model_args this wrapper adds to HFLM's
 MUSE_MODEL_ARGS = ("unlearned", "quant", "quant_lm_head", "allow_pickle", "keep_float_weights",
-                   "calib", "calib_samples", "calib_seqlen", "quant_cache_dir")
+                   "calib", "calib_samples", "calib_seqlen", "calib_corpus", "calib_data",
+                   "quant_cache_dir")
 
 
 class TokenLogProbs(float):
@@ -63,6 +64,7 @@ class MuseQuantLM(HFLM):
                  quant_lm_head: bool = False, allow_pickle: bool = False,
                  keep_float_weights: bool = False, add_bos_token: bool = True,
                  calib: str = "generic", calib_samples: int = 128, calib_seqlen: int = 512,
+                 calib_corpus: str = "news", calib_data: str | None = None,
                  quant_cache_dir: str | None = None, **kwargs):
         # Validate cheap things before loading anything big.
         self._quantizer = parse_scheme("none" if quant is None else str(quant))
@@ -72,9 +74,17 @@ class MuseQuantLM(HFLM):
         self._quant_lm_head = _as_bool(quant_lm_head)
         self._allow_pickle = _as_bool(allow_pickle)
         self._keep_float_weights = _as_bool(keep_float_weights)
-        self._calib_args = {"calib": calib, "calib_samples": int(calib_samples),
-                            "calib_seqlen": int(calib_seqlen), "quant_cache_dir": quant_cache_dir}
+        self._calib_args = {"calib": calib, "calib_samples": calib_samples,
+                            "calib_seqlen": calib_seqlen, "calib_corpus": calib_corpus,
+                            "calib_data": calib_data, "quant_cache_dir": quant_cache_dir}
+        self._calibration_built = None
+        if self._quantizer.needs_calibration:
+            from .calibration import validate_calib
+
+            validate_calib(**self._calib_args)
         self._float_snapshot: weights.WeightSnapshot | None = None
+        # module / parameter names the last quantization changed (None: unknown, restore all)
+        self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
         if kwargs.get("delta"):
             raise MuseQuantError("muse_quant does not use lm-eval's delta= (it adds tied weights "
@@ -90,15 +100,21 @@ class MuseQuantLM(HFLM):
             self.muse_info["unlearned"] = report
         if self._keep_float_weights:
             names = weights.quantizable_linear_names(self._model, include_lm_head=True)
-            self._float_snapshot = weights.WeightSnapshot(self._model, names)
-        self._quantize(self._quantizer)
+            # other_parameters: AWQ also rescales norm weights
+            self._float_snapshot = weights.WeightSnapshot(self._model, names,
+                                                          other_parameters=True)
+        report = self._quantize(self._quantizer)
+        self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
 
     def _calibration(self, quantizer):
         if not quantizer.needs_calibration:
             return None
-        from .calibration import build_calibration
+        if self._calibration_built is None:  # built once per model (sweeps reuse it)
+            from .calibration import build_calibration
 
-        return build_calibration(tokenizer=self.tokenizer, **self._calib_args)
+            self._calibration_built = build_calibration(tokenizer=self.tokenizer,
+                                                        **self._calib_args)
+        return self._calibration_built
 
     def _quantize(self, quantizer) -> dict:
         start = time.perf_counter()
@@ -115,15 +131,19 @@ class MuseQuantLM(HFLM):
     def requantize(self, scheme: str) -> dict:
         """Restore the float weights and quantize with another scheme (load once, quantize many).
 
-        Needs ``keep_float_weights=True`` at construction.
+        Needs ``keep_float_weights=True`` at construction. Modules swapped for real
+        bitsandbytes layers are swapped back to float ``nn.Linear`` first.
         """
         quantizer = parse_scheme(scheme)
         if self._float_snapshot is None:
             raise MuseQuantError("requantize() needs the float weights kept",
                                  "create the model with keep_float_weights=True")
-        self._float_snapshot.restore(self._model)
+        self._float_snapshot.restore(self._model, only=self._changed)
+        self._changed = None  # unknown until this quantization has succeeded
         self._quantizer = quantizer
-        return self._quantize(quantizer)
+        report = self._quantize(quantizer)
+        self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
+        return report
 
     # ---------------------------------------------------------------- decoding
     def tok_decode(self, tokens, skip_special_tokens: bool = True):

@@ -25,13 +25,19 @@ QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantization scheme")
 
 @dataclass
 class Calibration:
-    """Text a calibrated quantizer may use (GPTQ/AWQ); ``describe`` goes into the results."""
+    """Text a calibrated quantizer may use (GPTQ/AWQ); ``describe`` goes into the results.
+
+    Built by :func:`harness_ext.calibration.build_calibration`: ``windows`` are the token-id
+    sequences the quantizer runs through the model; ``cache_dir`` is ``quant_cache_dir=``.
+    """
 
     texts: list[str] = field(default_factory=list)
     tokenizer: Any = None
     max_samples: int = 128
     seqlen: int = 512
     describe: dict = field(default_factory=dict)
+    windows: list[list[int]] = field(default_factory=list)
+    cache_dir: str | None = None
 
 
 class Quantizer:
@@ -66,6 +72,16 @@ class Quantizer:
         """Return the fake-quantized (dequantized) weight: same shape and dtype."""
         raise NotImplementedError
 
+    def quantization_step(self, weight: torch.Tensor) -> torch.Tensor:
+        """The quantization step Delta of every element of ``weight`` (float32, same shape).
+
+        For a uniform grid Delta is the scale of the element's group/row/tensor, so rounding
+        leaves an element's quantized value unchanged by any change smaller than Delta/2 that
+        does not cross a rounding boundary (Zhang et al. 2025, Sec. 4). Used by
+        ``muse-quant diagnose``; quantizers that cannot say raise NotImplementedError.
+        """
+        raise NotImplementedError
+
     # -- model-level interface ----------------------------------------------------------
     def quantized_weights(self, model: torch.nn.Module, module_names: list[str],
                           calibration: Calibration | None = None
@@ -74,6 +90,23 @@ class Quantizer:
         modules = dict(model.named_modules())
         for name in module_names:
             yield name, self.quantize_weight(modules[name].weight.detach())
+
+    def diagnostic_weights(self, model: torch.nn.Module, module_names: list[str],
+                           calibration: Calibration | None = None
+                           ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(module name, Q(W), Delta)`` without changing ``model`` (for diagnose).
+
+        ``Q(W)`` is the dequantized weight acting on the module's original input; ``Delta`` the
+        per-element step (:meth:`quantization_step`) or None when undefined.
+        """
+        modules = dict(model.named_modules())
+        for name in module_names:
+            weight = modules[name].weight.detach()
+            try:
+                step = self.quantization_step(weight)
+            except NotImplementedError:
+                step = None
+            yield name, self.quantize_weight(weight), step
 
     def apply(self, model: torch.nn.Module, module_names: list[str],
               calibration: Calibration | None = None, progress: bool = False) -> list[str]:

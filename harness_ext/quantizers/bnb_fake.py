@@ -57,6 +57,28 @@ def blockwise_4bit(weight: torch.Tensor, kind: str, block_size: int) -> torch.Te
     return out.reshape(weight.shape).to(weight.dtype)
 
 
+def blockwise_4bit_step(weight: torch.Tensor, kind: str, block_size: int) -> torch.Tensor:
+    """Delta per element: absmax * the width of the rounding bucket of the element's code.
+
+    With the distinct code values c_0 < ... < c_m (FP4's +0 and -0 are one value) and the
+    element mapped to code k, the bucket is [(c_{k-1} + c_k)/2, (c_k + c_{k+1})/2], of width
+    (c_{k+1} - c_{k-1}) / 2: for a uniform grid exactly its step. The end codes use the distance
+    to their single neighbour, |c_k - c_{k+-1}|.
+    """
+    code = torch.unique(_codebook(kind))
+    midpoints = (code[:-1] + code[1:]) / 2
+    width = torch.empty_like(code)
+    width[1:-1] = (code[2:] - code[:-2]) / 2
+    width[0], width[-1] = code[1] - code[0], code[-1] - code[-2]
+    flat = weight.reshape(-1).float()
+    n = flat.numel()
+    blocks = torch.nn.functional.pad(flat, (0, (-n) % block_size)).reshape(-1, block_size)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)), -1, 1)
+    step = width[torch.bucketize(scaled, midpoints)] * absmax
+    return step.reshape(-1)[:n].reshape(weight.shape)
+
+
 class _Bnb4bit(Quantizer):
     kind = ""
 
@@ -70,6 +92,9 @@ class _Bnb4bit(Quantizer):
 
     def quantize_weight(self, weight):
         return blockwise_4bit(weight, self.kind, self.block_size)
+
+    def quantization_step(self, weight):
+        return blockwise_4bit_step(weight, self.kind, self.block_size)
 
     def describe(self):
         return {**super().describe(), "bits": 4, "codebook": self.kind,
@@ -102,6 +127,11 @@ class BnbInt8(Quantizer):
         out = q * absmax * (1 / 127)
         out = torch.where(absmax == 0, torch.zeros_like(out), out)
         return out.reshape(weight.shape).to(weight.dtype)
+
+    def quantization_step(self, weight):
+        """Delta = max|w_row| / 127."""
+        w = weight.float().reshape(-1, weight.shape[-1])
+        return (w.abs().amax(dim=1, keepdim=True) / 127).expand_as(w).reshape(weight.shape).clone()
 
     def describe(self):
         return {**super().describe(), "bits": 8, "granularity": "row"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import QUANTIZERS, Quantizer
 
 
@@ -12,3 +14,10 @@ class NoQuantization(Quantizer):
 
     def quantized_weights(self, model, module_names, calibration=None):
         return iter(())
+
+    def quantize_weight(self, weight):
+        return weight.clone()
+
+    def quantization_step(self, weight):
+        """No grid: Delta = 0, so no update is below half a step."""
+        return torch.zeros(weight.shape, dtype=torch.float32)

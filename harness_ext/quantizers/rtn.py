@@ -42,6 +42,11 @@ class SeedRTN(Quantizer):
             return weight.clone()
         return (delta * torch.round(w / delta)).to(weight.dtype)
 
+    def quantization_step(self, weight):
+        """Delta = max|w| / 2^(N-1) for every element (one grid per tensor)."""
+        delta = weight.float().abs().max() / 2 ** (self.bits - 1)
+        return torch.full(weight.shape, float(delta), dtype=torch.float32)
+
     def describe(self):
         return {**super().describe(), "bits": self.bits, "granularity": "tensor",
                 "levels": 2 ** self.bits + 1}
@@ -67,26 +72,38 @@ class RTN(Quantizer):
             raise bad_scheme(self.scheme, f"group size {self.group_size} does not divide "
                              f"the {weight.shape[1]} input columns of {module_name}")
 
-    def quantize_weight(self, weight):
+    def _grouped(self, weight):
         self.check_weight("weight", weight)
         rows, cols = weight.shape
         group = self.group_size or cols
-        w = weight.float().reshape(rows, cols // group, group)
+        return weight.float().reshape(rows, cols // group, group)
+
+    def _scale(self, w):
+        """The per-group scale (0 for an all-zero group)."""
         if self.asym:
-            maxq = 2 ** self.bits - 1
             lo = w.amin(dim=-1, keepdim=True).clamp(max=0)
             hi = w.amax(dim=-1, keepdim=True).clamp(min=0)
-            scale = (hi - lo) / maxq
-            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            return (hi - lo) / (2 ** self.bits - 1), lo
+        return w.abs().amax(dim=-1, keepdim=True) / (2 ** (self.bits - 1) - 1), None
+
+    def quantize_weight(self, weight):
+        w = self._grouped(weight)
+        scale, lo = self._scale(w)
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        if self.asym:
+            maxq = 2 ** self.bits - 1
             zero = torch.round(-lo / scale)
             q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
             out = scale * (q - zero)
         else:
             qmax = 2 ** (self.bits - 1) - 1
-            scale = w.abs().amax(dim=-1, keepdim=True) / qmax
-            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
             out = scale * torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
-        return out.reshape(rows, cols).to(weight.dtype)
+        return out.reshape(weight.shape).to(weight.dtype)
+
+    def quantization_step(self, weight):
+        """Delta = the scale of the element's group (row without ``g``)."""
+        w = self._grouped(weight)
+        return self._scale(w)[0].expand_as(w).reshape(weight.shape).clone()
 
     def describe(self):
         return {**super().describe(), "bits": self.bits,

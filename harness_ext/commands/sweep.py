@@ -1,0 +1,65 @@
+"""Load the model once and evaluate many quantization schemes, one results JSON per scheme.
+
+  muse-quant sweep --model_args pretrained=DIR,unlearned=CKPT \\
+      --quant none,bnb-int8,bnb-fp4,rtn:4:g128,gptq:4,awq:4 \\
+      --tasks muse_news_quant --output_path OUT [--metadata muse_data=embedded] \\
+      [--limit N] [--device cpu] [--batch_size 8]
+
+Writes OUT/<scheme>.json (``:`` becomes ``_``: OUT/rtn_4_g128.json), each what
+``muse-quant eval --model muse_quant --model_args ...,quant=<scheme> --output_path`` would
+write. Schemes whose file exists are skipped (run again to resume); a failing scheme is listed
+in OUT/errors.json and the exit status is 1, the others are kept. Calibration model args
+(``calib=``, ``calib_samples=``, ``quant_cache_dir=``, ...) go in --model_args.
+"""
+
+from __future__ import annotations
+
+NAME = "sweep"
+HELP = "load once, evaluate many quantization schemes (one results JSON each)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model_args", required=True,
+                        help="muse_quant model args without quant=, e.g. pretrained=DIR,"
+                             "unlearned=CKPT")
+    parser.add_argument("--quant", required=True,
+                        help="comma-separated schemes, e.g. none,bnb-fp4,rtn:4:g128,gptq:4")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks/groups")
+    parser.add_argument("--output_path", required=True, help="directory for <scheme>.json files")
+    parser.add_argument("--metadata", default=None,
+                        help="task metadata as k=v,k=v or JSON, e.g. muse_data=embedded "
+                             "($MUSE_DATA is used when muse_data is not given)")
+    parser.add_argument("--limit", default=None, help="documents per task (as lm_eval)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--batch_size", default=None,
+                        help="as lm_eval: an integer or auto (default 1)")
+
+
+def run(args) -> int:
+    import sys
+
+    from ..results import scheme_filename
+    from ..sweep import run_sweep
+
+    batch = args.batch_size
+    batch = int(batch) if batch is not None and str(batch).isdigit() else batch
+    result = run_sweep(args.model_args, args.quant, args.tasks, args.output_path,
+                       metadata=args.metadata, limit=args.limit, device=args.device,
+                       batch_size=batch)
+    for scheme in result.skipped:
+        print(f"skipped (already done): {scheme}")
+    for scheme in result.written:
+        t = result.timings.get(scheme, {})
+        print(f"written: {result.output_path / scheme_filename(scheme)} "
+              f"(quantize {t.get('quantize_seconds', 0):.1f} s, "
+              f"evaluate {t.get('evaluate_seconds', 0):.1f} s)")
+    if result.load_seconds is not None:
+        print(f"model loaded once in {result.load_seconds:.1f} s")
+    for scheme, err in result.failed.items():
+        print(f"FAILED: {scheme}: {err['message']}", file=sys.stderr)
+        if err.get("fix"):
+            print(f"  fix: {err['fix']}", file=sys.stderr)
+    if result.failed:
+        print(f"errors written to {result.output_path / 'errors.json'}", file=sys.stderr)
+        return 1
+    return 0
