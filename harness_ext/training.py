@@ -87,14 +87,46 @@ def sequence_nll(model, batch: dict[str, torch.Tensor], reduction: str = "token_
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def train_causal_lm(model, tokenizer, texts: list[str], *, epochs: float = 1.0, lr: float = 1e-3,
-                    batch_size: int = 8, max_len: int = 256, seed: int = 0,
-                    weight_decay: float = 0.0, warmup_steps: int = 0, desc: str = "training",
+def qa_chains(tokenizer, qa: list[dict], per_chain: int, seed: int,
+              prefix: str = "") -> list[list[int]]:
+    """Training sequences that teach a toy model MUSE's KnowMem format.
+
+    ``qa`` is shuffled with ``seed`` and cut into chains of ``per_chain`` pairs, each written as
+    ``"Question: {q}\nAnswer: {a}\n\n"`` (MUSE's KnowMem prompt, :func:`metrics.knowmem_prompt`)
+    after BOS and ``prefix`` (e.g. the file's in-context examples). The prompt and the answer are
+    tokenized separately, so the answer follows the lone-space token that ends ``"Answer: "``
+    exactly as it does in MUSE's evaluation prompt.
+    """
+    import random
+
+    pairs = list(qa)
+    random.Random(seed).shuffle(pairs)
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    head += tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+    chains = []
+    for start in range(0, len(pairs), per_chain):
+        ids = list(head)
+        for pair in pairs[start:start + per_chain]:
+            ids += tokenizer(f"Question: {pair['question']}\nAnswer: ",
+                             add_special_tokens=False).input_ids
+            ids += tokenizer(pair["answer"] + "\n\n", add_special_tokens=False).input_ids
+        chains.append(ids)
+    return chains
+
+
+def train_causal_lm(model, tokenizer, texts: list[str], *, max_len: int = 256, **kwargs) -> list[float]:
+    """Tokenize ``texts`` (BOS + EOS, truncated to ``max_len``) and :func:`train_tokenized`."""
+    data = TokenizedTexts.from_texts(tokenizer, texts, max_len)
+    return train_tokenized(model, data, **kwargs)
+
+
+def train_tokenized(model, data: TokenizedTexts, *, epochs: float = 1.0, lr: float = 1e-3,
+                    batch_size: int = 8, seed: int = 0, weight_decay: float = 0.0,
+                    warmup_steps: int = 0, desc: str = "training",
                     progress: bool = True) -> list[float]:
     """AdamW on the token-mean NLL, cosine decay after ``warmup_steps``. Returns the step losses."""
     from tqdm.auto import tqdm
 
-    data = TokenizedTexts.from_texts(tokenizer, texts, max_len)
     if not len(data):
         raise ValueError("no training text left after tokenization")
     gen = torch.Generator().manual_seed(seed)

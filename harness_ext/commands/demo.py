@@ -1,0 +1,75 @@
+"""The whole study on a laptop CPU, no arguments needed.
+
+  muse-quant demo                       # NEWS-like toy: build, unlearn, quantize, leaderboard
+  muse-quant demo --corpus both --out DIR
+  muse-quant demo --fast                # every stage, minimal sizes (the test suite runs it)
+  muse-quant demo --recovery-map [--precisions fp32,bf16]
+
+Stages (each cached under --out; a re-run skips finished work, --fresh starts over):
+  1. the embedded corpus; 2. base -> target (forget + retain) and retrain (retain) models;
+  3. unlearning: GA, GA_GDR, GA_KLR, NPO, NPO_GDR, NPO_KLR, GA_GDR_SURE, NPO_KLR_SURE;
+  4. sweep none, bnb-int8, bnb-fp4, rtn:4:g64, gptq:4, awq:4 over every model;
+  5. diagnose (update survival) and the leaderboard in OUT/leaderboard/;
+  6. the summary: retained knowledge % at full precision vs 4-bit, and the GDR/KLR average.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "demo"
+HELP = "the whole study on a toy model in minutes on a CPU (no arguments needed)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--corpus", default="news", choices=["news", "books", "both"])
+    parser.add_argument("--fast", action="store_true",
+                        help="minimal sizes, every stage (about a minute; for tests)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete --out first (only a folder this command made)")
+    parser.add_argument("--recovery-map", dest="recovery_map", action="store_true",
+                        help="sweep the unlearning lr (x precision) for two methods and plot "
+                             "4-bit vs full-precision retained knowledge")
+    parser.add_argument("--precisions", default="fp32",
+                        help="with --recovery-map: comma-separated unlearning precisions "
+                             "(fp32, bf16, bf16-mixed); bf16 is several times slower on CPU")
+    parser.add_argument("--lrs", default=None,
+                        help="with --recovery-map: comma-separated learning rates "
+                             "(default 1e-5,3e-5,1e-4,3e-4)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from ..errors import MuseQuantError
+    from ..demo import DEFAULT, FAST, DemoRun, prepare_out
+
+    config = FAST if args.fast else DEFAULT
+    corpora = ("news", "books") if args.corpus == "both" else (args.corpus,)
+    out = Path(args.out).expanduser()
+    if args.recovery_map:
+        from ..demo.recovery_map import run_recovery_map
+
+        precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+        bad = [p for p in precisions if p not in ("fp32", "bf16", "bf16-mixed")]
+        if bad or not precisions:
+            raise MuseQuantError(f"unknown --precisions {args.precisions!r}",
+                                 "use a comma-separated subset of fp32,bf16,bf16-mixed")
+        if args.lrs:
+            try:
+                lrs = tuple(float(x) for x in args.lrs.split(","))
+            except ValueError:
+                raise MuseQuantError(f"--lrs {args.lrs!r} is not a list of numbers",
+                                     "e.g. --lrs 1e-5,1e-4") from None
+            if any(x <= 0 for x in lrs):
+                raise MuseQuantError("--lrs must be positive", "e.g. --lrs 1e-5,1e-4")
+        else:
+            lrs = config.map_lrs
+    prepare_out(out, config, args.fresh)
+    demo = DemoRun(config, out, corpora, progress=not args.no_progress)
+    if args.recovery_map:
+        for corpus in corpora:
+            run_recovery_map(demo, corpus, precisions, lrs)
+    else:
+        demo.run()
+    return 0

@@ -1,0 +1,228 @@
+"""The demo's stages, each cached under ``--out`` (a re-run skips what is done).
+
+Layout of ``OUT`` (default ``demo_out/``)::
+
+    .muse-quant-demo.json          marker: the configuration this folder was made with
+    data/<corpus>/...              the embedded corpus in MUSE's layout (for reading)
+    <corpus>/models/{base,target,retrain}/
+    <corpus>/unlearn/<method>/     delta.safetensors, run_card.json, losses.json
+    <corpus>/sweep/<model>/        <scheme>.json per quantization scheme (``muse-quant sweep``)
+    <corpus>/diagnose/<method>/    diagnose.json, survival.svg (``muse-quant diagnose``)
+    leaderboard/                   submissions/ + README.md + <corpus>_forget_vs_utility.svg
+    summary.md, <corpus>_retained.svg
+
+A stage is done when its folder holds ``.done.json``; a folder without it (an interrupted run)
+is removed and redone. ``--fresh`` removes ``OUT`` first, but only a folder this command made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import MuseQuantError
+from .config import DemoConfig
+
+MARKER = ".muse-quant-demo.json"
+DONE = ".done.json"
+FORMAT_VERSION = 1
+TASKS = "muse_{corpus}_quant"
+
+
+def prepare_out(out: Path, config: DemoConfig, fresh: bool) -> None:
+    """Create ``out`` (or check it is this configuration's cache); ``fresh`` empties it first."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise MuseQuantError(f"--out {out} is a file", "pass a folder, e.g. --out demo_out")
+    nonempty = out.exists() and any(out.iterdir())
+    if nonempty and not marker.exists():
+        raise MuseQuantError(
+            f"{out} exists, is not empty and was not made by `muse-quant demo`",
+            "choose another --out (the demo never deletes folders it did not make)")
+    if fresh and marker.exists():
+        shutil.rmtree(out)
+    elif marker.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("config") != config.to_json():
+            raise MuseQuantError(
+                f"{out} holds a demo made with another configuration "
+                f"({recorded.get('config', {}).get('name')!r}, now {config.name!r})",
+                "pass --fresh to start over there, or choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"format": FORMAT_VERSION, "config": config.to_json()},
+                                 indent=2) + "\n")
+
+
+class Stage:
+    """A cached unit of work: ``with Stage(dir) as stage: if not stage.done: ...``."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+        self.done = (self.path / DONE).exists()
+
+    def __enter__(self):
+        if not self.done:
+            if self.path.exists():  # left over from an interrupted run
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and not self.done:
+            seconds = round(time.perf_counter() - self.start, 2)
+            (self.path / DONE).write_text(json.dumps({"what": self.what, "seconds": seconds}) + "\n")
+        return False
+
+
+def stage_seconds(path: Path) -> float | None:
+    done = Path(path) / DONE
+    return json.loads(done.read_text())["seconds"] if done.exists() else None
+
+
+def _call(argv: list[str], what: str) -> None:
+    """Run a ``muse-quant`` command in this process; a failure stops the demo with its message."""
+    from ..cli import main
+
+    code = main(argv)
+    if code:
+        raise MuseQuantError(f"{what} failed (muse-quant {argv[0]} exited with {code})",
+                             "see the error printed above; fix it and run the demo again "
+                             "(finished stages are kept)")
+
+
+def model_names(config: DemoConfig) -> list[str]:
+    return ["target", "retrain", *config.methods]
+
+
+class DemoRun:
+    """One demo: ``DemoRun(config, out, corpora).run()``."""
+
+    def __init__(self, config: DemoConfig, out: str | Path, corpora: tuple[str, ...],
+                 progress: bool = True, log=print):
+        self.config, self.out, self.corpora = config, Path(out), corpora
+        self.progress, self.log = progress, log
+
+    # ---------------------------------------------------------------- stages
+    def data(self) -> None:
+        from ..data import embedded
+
+        for corpus in self.corpora:
+            with Stage(self.out / "data" / corpus, f"embedded {corpus} corpus") as stage:
+                if not stage.done:
+                    embedded.write(self.out / "data", (corpus,))
+
+    def models(self, corpus: str) -> Path:
+        from ..data import embedded
+        from .models import build_models
+
+        folder = self.out / corpus / "models"
+        with Stage(folder, "base, target and retrain models") as stage:
+            if not stage.done:
+                self.log(f"[{corpus}] training base, target and retrain models")
+                build_models(embedded.generate(flavour=corpus), self.config.model, folder,
+                             progress=self.progress)
+        return folder
+
+    def unlearn(self, corpus: str, method: str, target: Path, folder: Path | None = None,
+                lr: float | None = None, precision: str | None = None,
+                save: str = "delta") -> Path:
+        folder = folder or self.out / corpus / "unlearn" / method
+        with Stage(folder, f"unlearning {method}") as stage:
+            if not stage.done:
+                self.log(f"[{corpus}] unlearning: {method}"
+                         + (f" lr {lr:g}" if lr else "") + (f" {precision}" if precision else ""))
+                argv = ["unlearn", "--pretrained", str(target), "--corpus", corpus,
+                        "--muse_data", "embedded", "--out", str(folder / "run"), "--save", save,
+                        *self.config.unlearn.arguments(method, lr, precision)]
+                if not self.progress:
+                    argv.append("--no_progress")
+                _call(argv, f"unlearning {method}")
+        return folder / "run"
+
+    def sweep(self, corpus: str, name: str, target: Path, unlearned: Path | None,
+              schemes=None, tasks: str | None = None, folder: Path | None = None) -> Path:
+        from ..sweep import run_sweep
+
+        folder = folder or self.out / corpus / "sweep" / name
+        schemes = list(schemes or self.config.schemes)
+        with Stage(folder, f"sweep {name}") as stage:
+            if not stage.done:
+                self.log(f"[{corpus}] evaluating {name}: {', '.join(schemes)}")
+                model_args = {"pretrained": str(target), "dtype": "float32", "calib": "generic",
+                              "calib_corpus": corpus, "calib_samples": self.config.calib_samples}
+                if unlearned is not None:
+                    model_args["unlearned"] = str(unlearned)
+                result = run_sweep(model_args, schemes, tasks or TASKS.format(corpus=corpus),
+                                   folder / "results", metadata={"muse_data": "embedded"},
+                                   limit=self.config.eval_limit, device="cpu",
+                                   batch_size=self.config.eval_batch_size,
+                                   progress=self.progress)
+                if not result.ok:
+                    raise MuseQuantError(
+                        f"the sweep of {name} failed for {', '.join(result.failed)}",
+                        f"see {folder / 'results' / 'errors.json'}")
+        return folder / "results"
+
+    def diagnose(self, corpus: str, method: str, target: Path, unlearned: Path,
+                 schemes=("bnb-fp4", "rtn:4:g64", "bnb-int8"), folder: Path | None = None,
+                 dtype: str = "auto") -> dict:
+        from ..diagnostics import run_diagnose
+
+        folder = folder or self.out / corpus / "diagnose" / method
+        with Stage(folder, f"diagnose {method}") as stage:
+            if not stage.done:
+                run_diagnose(str(target), str(unlearned), list(schemes), folder / "report",
+                             dtype=dtype, plot_format="svg")
+        return json.loads((folder / "report" / "diagnose.json").read_text())
+
+    def leaderboard(self) -> Path:
+        from .summary import add_entries
+
+        root = self.out / "leaderboard"
+        (root / "submissions").mkdir(parents=True, exist_ok=True)
+        for corpus in self.corpora:
+            add_entries(self, corpus, root)
+        _call(["leaderboard", "build", "--root", str(root)], "building the leaderboard")
+        return root
+
+    # ---------------------------------------------------------------- all of it
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo is offline by design
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        start = time.perf_counter()
+        self.data()
+        steps = [(c, kind, name) for c in self.corpora
+                 for kind, names in (("models", ["models"]), ("unlearn", self.config.methods),
+                                     ("sweep", model_names(self.config)),
+                                     ("diagnose", self.config.methods))
+                 for name in names]
+        bar = tqdm(steps, desc="demo", unit="stage", disable=not self.progress)
+        for corpus, kind, name in bar:
+            bar.set_postfix_str(f"{corpus} {kind} {name}")
+            models = self.out / corpus / "models"
+            if kind == "models":
+                self.models(corpus)
+            elif kind == "unlearn":
+                self.unlearn(corpus, name, models / "target")
+            elif kind == "sweep":
+                unlearned = None if name in ("target", "retrain") else self.checkpoint(corpus, name)
+                base = models / ("retrain" if name == "retrain" else "target")
+                self.sweep(corpus, name, base, unlearned)
+            else:
+                self.diagnose(corpus, name, models / "target", self.checkpoint(corpus, name))
+        bar.close()
+        root = self.leaderboard()
+        from .summary import write_summary
+
+        summary = write_summary(self, root, time.perf_counter() - start)
+        return summary
+
+    def checkpoint(self, corpus: str, method: str) -> Path:
+        return self.out / corpus / "unlearn" / method / "run" / "delta.safetensors"
