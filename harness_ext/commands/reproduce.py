@@ -16,7 +16,8 @@ Stages, each an existing command, skipped when its output exists:
 
 --dry-run also prints the expected disk, peak GPU memory and time of every stage, with the
 assumptions (throughput: --tflops, --hbm_tbs). The evaluation can also run data-parallel under
-`accelerate launch -m harness_ext.cli eval ...` (see the README).
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m harness_ext.cli eval ...`
+(on GPUs without ACCELERATE_USE_CPU; see the README).
 """
 
 from __future__ import annotations
