@@ -86,6 +86,8 @@ class Assumptions:
             f"once per step at batch {self.eval_batch}; quantization here is simulated (weights "
             "stay bf16), so every scheme costs what bf16 costs; GPTQ/AWQ add "
             f"{self.calib_minutes_7b:g} min calibration per 7B params",
+            "the sweep loads models in their stored dtype (the unlearning delta is saved in it); "
+            "the estimates assume bf16 storage; "
             "disk: bf16 = 2 bytes/param (7B Llama-2 ~13.5 GB); unlearning keeps a resume "
             "checkpoint (trainable weights + AdamW states) until it finishes, then writes a "
             "delta (theta_u - theta_o) of the tensors it changed",
@@ -331,8 +333,8 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
 
     task = f"muse_{corpus}_quant"
     for name, (base, unlearned, _, _) in models.items():
-        margs = f"pretrained={base}" + (f",unlearned={unlearned}" if unlearned else "") + \
-            ",dtype=bfloat16"
+        # the stored dtype (HFLM's dtype=auto): deltas are saved in it, so they apply exactly
+        margs = f"pretrained={base}" + (f",unlearned={unlearned}" if unlearned else "")
         rdir = out / "results" / name
 
         def sweep_argv(schemes_text):
