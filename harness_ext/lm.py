@@ -90,6 +90,24 @@ class MuseQuantLM(HFLM):
             raise MuseQuantError("muse_quant does not use lm-eval's delta= (it adds tied weights "
                                  "twice)", "pass the delta as unlearned=<file>.safetensors")
         super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token), **kwargs)
+        self._adopt_cpu_data_parallel()
+
+    def _adopt_cpu_data_parallel(self) -> None:
+        """Take rank / world size from accelerate when launched as several CPU processes.
+
+        HFLM (lm-eval 0.4.13) keeps the Accelerator of a multi-process launch but sets
+        ``_rank`` / ``_world_size`` only when it counts more than one GPU, so on CPU every process
+        believed it was rank 0 of 1 and evaluated every document. With the real rank, lm-eval
+        splits the documents, gathers the per-document results to rank 0 (gloo) and only rank 0
+        writes the results.
+        """
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or accelerator.num_processes <= 1 or self._world_size > 1:
+            return
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+        log.info("data parallel on %s: rank %d of %d", accelerator.device, self._rank,
+                 self._world_size)
 
     # ---------------------------------------------------------------- model creation
     def _create_model(self, pretrained, **kwargs):

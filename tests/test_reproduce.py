@@ -1,0 +1,212 @@
+"""`muse-quant reproduce`: the full-scale plan (--dry-run), SLURM arrays (--emit-slurm), resume,
+and clear errors. No hub, no GPU: the plan is built from a constant table of model shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness_ext import cli
+from harness_ext.reproduce import (ALL_METHODS, DEFAULT_QUANT, Assumptions, LLAMA2_7B,
+                                   build_plan, estimate, model_shape)
+from harness_ext.results import scheme_from_filename
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("target", "retrain") + ALL_METHODS
+
+
+def _parse(command: str):
+    """Parse a plan command with the real `muse-quant` argparse; returns the Namespace."""
+    argv = shlex.split(command)
+    assert argv[0] == "muse-quant", command
+    return cli.build_parser().parse_args(argv[1:])
+
+
+def _run(argv, capsys):
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_dry_run_lists_every_method_and_scheme_with_parseable_commands(tmp_path, capsys):
+    out_dir = tmp_path / "rep"
+    rc, text, err = _run(["reproduce", "--corpus", "news", "--dry-run", "--out", str(out_dir)],
+                         capsys)
+    assert rc == 0, err
+    assert not out_dir.exists(), "a dry run must not create anything"
+    assert "TFLOP/s" in text and "Assumptions" in text
+    commands = [line.strip() for line in text.splitlines()
+                if line.strip().startswith("muse-quant ")]
+    unlearn = [_parse(c) for c in commands if c.startswith("muse-quant unlearn")]
+    sweeps = [_parse(c) for c in commands if c.startswith("muse-quant sweep")]
+    adds = [_parse(c) for c in commands if c.startswith("muse-quant leaderboard add")]
+    assert sorted(a.method for a in unlearn) == sorted(ALL_METHODS)
+    for a in unlearn:  # the paper's NEWS settings
+        assert (a.epochs, a.precision, a.save, a.corpus) == (10, "bf16", "delta", "news")
+        if a.method.endswith("_sure"):
+            assert a.lr == 1e-4
+            assert a.sure_threshold == ("99" if a.method == "ga_gdr_sure" else "90")
+        else:
+            assert (a.lr, a.alpha) == (1e-5, 1.0)
+    assert len(sweeps) == len(MODELS)
+    for a in sweeps:
+        assert a.quant.split(",") == list(DEFAULT_QUANT)
+        assert a.tasks == "muse_news_quant" and a.metadata == "muse_data=hub"
+        assert Path(a.output_path).name in MODELS
+    # every model x scheme cell is listed
+    for model in MODELS:
+        for scheme in DEFAULT_QUANT:
+            assert f"cell sweep/{model}/{scheme}:" in text
+    assert sorted(a.slug for a in adds) == sorted(f"full-news-{m.replace('_', '-')}"
+                                                  for m in MODELS)
+    assert {a.kind for a in adds} == {"target", "retrain", "method"}
+    # the numbers: positive, and plausible for a 7B full fine-tune
+    stages = re.findall(r"\] (\S+): disk ([\d.]+) GB, peak GPU ([\d.]+) GB(?: !)?, ~([\d.]+) h",
+                        text)
+    assert len(stages) == 2 + len(ALL_METHODS) + 2 * len(MODELS)
+    for name, disk, gpu, hours in stages:
+        if name.startswith(("unlearn/", "sweep/")):
+            assert float(gpu) > 0 and float(hours) > 0, name
+        if name.startswith("unlearn/"):
+            assert float(gpu) > 40, f"{name}: a 7B full fine-tune needs > 40 GB ({gpu})"
+        if name.startswith("fetch/"):
+            assert 12 < float(disk) < 15  # Llama-2-7B in bf16 ~13.5 GB
+
+
+def test_estimates_follow_the_documented_formulas():
+    a = Assumptions(tflops=400.0)
+    ga = estimate("unlearn", LLAMA2_7B, a, method="ga", epochs=10, batch_size=1,
+                  forget_tokens=1e6)
+    npo_klr = estimate("unlearn", LLAMA2_7B, a, method="npo_klr", epochs=10, batch_size=1,
+                       forget_tokens=1e6)
+    # GA: 6 x params per token; NPO_KLR: 6+6 trained + 2 reference forwards (forget, retain)
+    assert ga.hours == pytest.approx(1e6 * 10 * 6 * 6.74e9 / 400e12 / 3600)
+    assert npo_klr.hours == pytest.approx(ga.hours * 16 / 6)
+    # bf16 weights+grads+AdamW = 8 bytes/param = 54 GB, plus the reference model for NPO/KLR
+    assert 54 < ga.gpu_gb < 80 and npo_klr.gpu_gb > ga.gpu_gb + 13
+    half = estimate("unlearn", LLAMA2_7B, Assumptions(tflops=200.0), method="ga", epochs=10,
+                    batch_size=1, forget_tokens=1e6)
+    assert half.hours == pytest.approx(2 * ga.hours)
+    full_eval = estimate("eval", LLAMA2_7B, a)
+    assert full_eval.hours > estimate("eval", LLAMA2_7B, a, limit=2).hours > 0
+    assert estimate("eval", LLAMA2_7B, a, scheme="gptq:4").hours > full_eval.hours
+
+
+def test_model_shape_counts_a_local_model_exactly(small_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    assert model_shape(str(small_model_dir))["params"] == sum(p.numel()
+                                                              for p in model.parameters())
+    assert model_shape("muse-bench/MUSE-News_target")["params"] == 6.74e9
+
+
+def test_emit_slurm_writes_one_cell_per_model_and_scheme(tmp_path, capsys):
+    slurm, out_dir = tmp_path / "slurm", tmp_path / "rep"
+    rc, text, err = _run(["reproduce", "--corpus", "books", "--out", str(out_dir),
+                          "--emit-slurm", str(slurm), "--limit", "20"], capsys)
+    assert rc == 0, err
+    assert not out_dir.exists(), "emitting must not run anything"
+    sweep_script = (slurm / "sweep.sbatch").read_text()
+    cells = (slurm / "sweep_cells.tsv").read_text().splitlines()
+    assert len(cells) == len(MODELS) * len(DEFAULT_QUANT)
+    assert f"#SBATCH --array=0-{len(cells) - 1}\n" in sweep_script
+    seen = set()
+    for line in cells:
+        done, command = line.split("\t")
+        a = _parse(command)
+        assert a.command == "sweep" and a.limit == "20" and "," not in a.quant
+        # the layout `leaderboard add --results DIR` collects: DIR/<scheme>.json
+        done = Path(done)
+        assert done.parent == Path(a.output_path)
+        assert scheme_from_filename(done.name) == a.quant
+        seen.add((done.parent.name, a.quant))
+    assert seen == {(m, s) for m in MODELS for s in DEFAULT_QUANT}
+    unlearn = (slurm / "unlearn_cells.tsv").read_text().splitlines()
+    assert f"#SBATCH --array=0-{len(unlearn) - 1}\n" in (slurm / "unlearn.sbatch").read_text()
+    assert sorted(_parse(l.split("\t")[1]).method for l in unlearn) == sorted(ALL_METHODS)
+    for line in unlearn:  # BOOKS: MUSE's 5 epochs
+        assert _parse(line.split("\t")[1]).epochs == 5
+    adds = [_parse(l.split("\t")[1]) for l in
+            (slurm / "leaderboard_cells.tsv").read_text().splitlines()]
+    assert adds[0].kind == "target"  # added first: the others name it
+    assert {Path(a.results) for a in adds} == {out_dir / "results" / m for m in MODELS}
+    submit = (slurm / "submit.sh").read_text()
+    for kind in ("fetch", "unlearn", "sweep", "leaderboard"):
+        assert f"sbatch --parsable $DEP {kind}.sbatch" in submit
+    assert "--dependency=afterok:$JOB" in submit
+    for script in slurm.glob("*.s*"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+
+
+def test_slurm_task_runs_its_cell_and_skips_done_cells(tmp_path, capsys):
+    """Run the array script's own shell logic with a fake muse-quant on PATH."""
+    slurm, out_dir = tmp_path / "slurm", tmp_path / "rep"
+    rc, _, err = _run(["reproduce", "--corpus", "news", "--out", str(out_dir), "--methods",
+                       "ga", "--quant", "none,bnb-int8,bnb-fp4", "--emit-slurm", str(slurm)],
+                      capsys)
+    assert rc == 0, err
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    (bin_dir / "muse-quant").write_text(f"#!/bin/bash\necho \"$@\" >> {log}\n")
+    (bin_dir / "muse-quant").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1"}
+    first, second = (slurm / "sweep_cells.tsv").read_text().splitlines()[:2]
+    Path(first.split("\t")[0]).parent.mkdir(parents=True)
+    Path(first.split("\t")[0]).write_text("{}")  # cell 0 is done
+    assert subprocess.run(["bash", str(slurm / "sweep.sbatch")], env=env).returncode == 0
+    assert log.read_text().split() == shlex.split(second.split("\t")[1])[1:]
+    env["SLURM_ARRAY_TASK_ID"] = "0"
+    assert subprocess.run(["bash", str(slurm / "sweep.sbatch")], env=env).returncode == 0
+    assert len(log.read_text().splitlines()) == 1  # the done cell ran nothing
+
+
+def test_run_skips_stages_whose_outputs_exist(tmp_path, small_model_dir, capsys):
+    out_dir = tmp_path / "rep"
+    plan = build_plan("news", methods="npo", quant="none", out=out_dir,
+                      pretrained=str(small_model_dir), retrain=str(small_model_dir),
+                      muse_data="embedded")
+    assert [s.kind for s in plan.stages] == ["unlearn", "sweep", "sweep", "sweep"]
+    for stage in plan.stages:
+        for marker in [c.done for c in stage.cells] or [stage.done]:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("{}")
+    rc, text, err = _run(["reproduce", "--corpus", "news", "--methods", "npo", "--quant",
+                          "none", "--out", str(out_dir), "--pretrained", str(small_model_dir),
+                          "--retrain", str(small_model_dir), "--muse_data", "embedded"], capsys)
+    assert rc == 0, err
+    assert text.count("skipped (done)") == 4 and "running" not in text
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--corpus", "poems"], "unknown corpus 'poems'"),
+    (["--corpus", "news", "--methods", "ga,forget_it"], "unknown method forget_it"),
+    (["--corpus", "news", "--quant", "none,int3"], "unknown scheme 'int3'"),
+    (["--corpus", "news", "--sure_threshold", "high"], "is not a percentile"),
+    (["--corpus", "news", "--limit", "0"], "must be a positive integer"),
+    (["--corpus", "news", "--pretrained", "/nonexistent/model"], "not a known model"),
+])
+def test_bad_input_is_a_clear_error(extra, problem, capsys):
+    rc, _, err = _run(["reproduce", *extra, "--dry-run"], capsys)
+    assert rc == 2
+    assert problem in err and "fix:" in err and "Traceback" not in err
+
+
+def test_emit_slurm_refuses_a_non_empty_folder(tmp_path):
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    (slurm / "mine.txt").write_text("keep me")
+    proc = subprocess.run([sys.executable, "-m", "harness_ext.cli", "reproduce", "--corpus",
+                           "news", "--emit-slurm", str(slurm)], capture_output=True, text=True,
+                          cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert "exists and is not an empty folder" in proc.stderr and "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in slurm.iterdir()) == ["mine.txt"]
