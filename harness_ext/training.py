@@ -65,9 +65,20 @@ class TokenizedTexts:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """One epoch's batches in random order. With ``lengths``, examples of similar length are
+    batched together (sorted within windows of 16 batches, then the batches are shuffled), which
+    cuts the padding a batch computes on."""
     order = torch.randperm(n, generator=generator).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is None:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = []
+    window = batch_size * 16
+    for start in range(0, n, window):
+        part = sorted(order[start:start + window], key=lambda k: lengths[k])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def sequence_nll(model, batch: dict[str, torch.Tensor], reduction: str = "token_mean"):
@@ -122,9 +133,12 @@ def train_causal_lm(model, tokenizer, texts: list[str], *, max_len: int = 256, *
 
 def train_tokenized(model, data: TokenizedTexts, *, epochs: float = 1.0, lr: float = 1e-3,
                     batch_size: int = 8, seed: int = 0, weight_decay: float = 0.0,
-                    warmup_steps: int = 0, desc: str = "training",
-                    progress: bool = True) -> list[float]:
-    """AdamW on the token-mean NLL, cosine decay after ``warmup_steps``. Returns the step losses."""
+                    warmup_steps: int = 0, desc: str = "training", progress: bool = True,
+                    bucket_by_length: bool = False) -> list[float]:
+    """AdamW on the token-mean NLL, cosine decay after ``warmup_steps``. Returns the step losses.
+
+    ``bucket_by_length`` batches examples of similar length together (see :func:`epoch_batches`).
+    """
     from tqdm.auto import tqdm
 
     if not len(data):
@@ -142,7 +156,8 @@ def train_tokenized(model, data: TokenizedTexts, *, epochs: float = 1.0, lr: flo
     bar = tqdm(range(total), desc=desc, disable=not progress, leave=False)
     for _ in bar:
         if not batches:
-            batches = epoch_batches(len(data), batch_size, gen)
+            batches = epoch_batches(len(data), batch_size, gen,
+                                    [len(x) for x in data.ids] if bucket_by_length else None)
         loss = sequence_nll(model, data.batch(batches.pop(0)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
