@@ -37,6 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lrs", default=None,
                         help="with --recovery-map: comma-separated learning rates "
                              "(default 1e-5,3e-5,1e-4,3e-4)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="models unlearned/evaluated at once, one torch thread each "
+                             "(default: 2 when the machine has 2+ cores)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 
@@ -66,7 +69,12 @@ def run(args) -> int:
         else:
             lrs = config.map_lrs
     prepare_out(out, config, args.fresh)
-    demo = DemoRun(config, out, corpora, progress=not args.no_progress)
+    import os
+
+    jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        raise MuseQuantError(f"--jobs {jobs} must be at least 1", "e.g. --jobs 2")
+    demo = DemoRun(config, out, corpora, progress=not args.no_progress, jobs=jobs)
     if args.recovery_map:
         for corpus in corpora:
             run_recovery_map(demo, corpus, precisions, lrs)

@@ -3,11 +3,14 @@ retrain model (fine-tuned on retain only). See :mod:`harness_ext.demo.config` fo
 
 from __future__ import annotations
 
-import copy
+import json
 from pathlib import Path
 
 from .. import metrics, tiny, training
 from .config import ModelRecipe
+
+SPLITS = {"target": ("forget", "retain"), "retrain": ("retain",)}
+CORPUS_FILE = "muse_quant_corpus.json"  # which embedded corpus the base was pre-trained for
 
 
 def icl_prefix(icl: list[dict]) -> str:
@@ -41,10 +44,36 @@ def finetune_data(tokenizer, files: dict, splits: tuple[str, ...],
     return training.TokenizedTexts(ids, tiny.PAD_ID)
 
 
-def build_models(files: dict, recipe: ModelRecipe, out_dir: str | Path,
-                 progress: bool = True) -> dict[str, Path]:
-    """Train base, target and retrain; save each as an HF folder under ``out_dir``."""
+def finetune(name: str, recipe: ModelRecipe, out_dir: str | Path, progress: bool = True,
+             threads: int | None = None) -> Path:
+    """Fine-tune ``out_dir/base`` into ``out_dir/<name>`` (``target``: forget + retain,
+    ``retrain``: retain only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..data import embedded
+
+    if threads:
+        torch.set_num_threads(threads)
     out = Path(out_dir)
+    files = embedded.generate(flavour=json.loads((out / "base" / CORPUS_FILE).read_text()))
+    tokenizer = tiny.load_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    training.train_tokenized(model, finetune_data(tokenizer, files, SPLITS[name], recipe),
+                             epochs=recipe.finetune_epochs, lr=recipe.finetune_lr,
+                             batch_size=recipe.finetune_batch_size, seed=recipe.seed,
+                             desc=f"fine-tune {name}", progress=progress,
+                             bucket_by_length=True)
+    return tiny.save_model(model, tokenizer, out / name)
+
+
+def build_models(corpus: str, recipe: ModelRecipe, out_dir: str | Path, progress: bool = True,
+                 jobs: int = 1) -> dict[str, Path]:
+    """Train base, then target and retrain (``jobs`` at a time); save each as an HF folder."""
+    from ..data import embedded
+
+    out = Path(out_dir)
+    files = embedded.generate(flavour=corpus)
     model, tokenizer = tiny.build_tiny_llama(
         seed=recipe.seed, hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_hidden_layers,
@@ -53,13 +82,19 @@ def build_models(files: dict, recipe: ModelRecipe, out_dir: str | Path,
                              epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr,
                              batch_size=recipe.pretrain_batch_size, seed=recipe.seed,
                              warmup_steps=recipe.pretrain_warmup_steps,
-                             desc="pre-train base", progress=progress)
+                             desc="pre-train base", progress=progress,
+                             bucket_by_length=True)
     paths = {"base": tiny.save_model(model, tokenizer, out / "base")}
-    for name, splits in (("target", ("forget", "retain")), ("retrain", ("retain",))):
-        tuned = copy.deepcopy(model)
-        training.train_tokenized(tuned, finetune_data(tokenizer, files, splits, recipe),
-                                 epochs=recipe.finetune_epochs, lr=recipe.finetune_lr,
-                                 batch_size=recipe.finetune_batch_size, seed=recipe.seed,
-                                 desc=f"fine-tune {name}", progress=progress)
-        paths[name] = tiny.save_model(tuned, tokenizer, out / name)
+    (out / "base" / CORPUS_FILE).write_text(json.dumps(corpus))
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(finetune, name, recipe, out, False, 1)
+                       for name in SPLITS}
+            paths.update({name: f.result() for name, f in futures.items()})
+    else:
+        for name in SPLITS:
+            paths[name] = finetune(name, recipe, out, progress)
     return paths

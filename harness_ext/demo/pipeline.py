@@ -75,7 +75,8 @@ class Stage:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None and not self.done:
             seconds = round(time.perf_counter() - self.start, 2)
-            (self.path / DONE).write_text(json.dumps({"what": self.what, "seconds": seconds}) + "\n")
+            record = {"what": self.what, "seconds": seconds}
+            (self.path / DONE).write_text(json.dumps(record) + "\n")
         return False
 
 
@@ -103,9 +104,9 @@ class DemoRun:
     """One demo: ``DemoRun(config, out, corpora).run()``."""
 
     def __init__(self, config: DemoConfig, out: str | Path, corpora: tuple[str, ...],
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, jobs: int = 1):
         self.config, self.out, self.corpora = config, Path(out), corpora
-        self.progress, self.log = progress, log
+        self.progress, self.log, self.jobs = progress, log, max(1, int(jobs))
 
     # ---------------------------------------------------------------- stages
     def data(self) -> None:
@@ -117,15 +118,14 @@ class DemoRun:
                     embedded.write(self.out / "data", (corpus,))
 
     def models(self, corpus: str) -> Path:
-        from ..data import embedded
         from .models import build_models
 
         folder = self.out / corpus / "models"
         with Stage(folder, "base, target and retrain models") as stage:
             if not stage.done:
                 self.log(f"[{corpus}] training base, target and retrain models")
-                build_models(embedded.generate(flavour=corpus), self.config.model, folder,
-                             progress=self.progress)
+                build_models(corpus, self.config.model, folder, progress=self.progress,
+                             jobs=self.jobs)
         return folder
 
     def unlearn(self, corpus: str, method: str, target: Path, folder: Path | None = None,
@@ -154,7 +154,8 @@ class DemoRun:
             if not stage.done:
                 self.log(f"[{corpus}] evaluating {name}: {', '.join(schemes)}")
                 model_args = {"pretrained": str(target), "dtype": "float32", "calib": "generic",
-                              "calib_corpus": corpus, "calib_samples": self.config.calib_samples}
+                              "calib_corpus": corpus, "calib_samples": self.config.calib_samples,
+                              "calib_seqlen": self.config.calib_seqlen}
                 if unlearned is not None:
                     model_args["unlearned"] = str(unlearned)
                 result = run_sweep(model_args, schemes, tasks or TASKS.format(corpus=corpus),
@@ -169,7 +170,7 @@ class DemoRun:
         return folder / "results"
 
     def diagnose(self, corpus: str, method: str, target: Path, unlearned: Path,
-                 schemes=("bnb-fp4", "rtn:4:g64", "bnb-int8"), folder: Path | None = None,
+                 schemes=("bnb-fp4", "rtn:4:g64"), folder: Path | None = None,
                  dtype: str = "auto") -> dict:
         from ..diagnostics import run_diagnose
 
@@ -191,38 +192,87 @@ class DemoRun:
         return root
 
     # ---------------------------------------------------------------- all of it
-    def run(self) -> dict:
+    def cell(self, kind: str, corpus: str, name: str) -> None:
+        """One unit of the parallel stages: ``kind`` is ``unlearn``, ``sweep`` or ``diagnose``."""
+        models = self.out / corpus / "models"
+        if kind == "unlearn":
+            self.unlearn(corpus, name, models / "target")
+        elif kind == "sweep":
+            unlearned = None if name in ("target", "retrain") else self.checkpoint(corpus, name)
+            base = models / ("retrain" if name == "retrain" else "target")
+            self.sweep(corpus, name, base, unlearned)
+        else:
+            self.diagnose(corpus, name, models / "target", self.checkpoint(corpus, name))
+
+    def run_cells(self, kind: str, cells: list[tuple[str, str]]) -> None:
+        """Run the cells not done yet, ``self.jobs`` at a time (one torch thread each)."""
         from tqdm.auto import tqdm
 
+        todo = [(c, n) for c, n in cells
+                if not (self.out / c / kind / n / DONE).exists()]
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=kind, unit="model",
+                   disable=not self.progress)
+        if self.jobs <= 1 or len(todo) <= 1:
+            for corpus, name in todo:
+                bar.set_postfix_str(f"{corpus} {name}")
+                self.cell(kind, corpus, name)
+                bar.update()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_init,
+                                     initargs=(self.config, str(self.out), self.corpora)) as pool:
+                futures = {pool.submit(_worker_cell, kind, c, n): (c, n) for c, n in todo}
+                for future in as_completed(futures):
+                    corpus, name = futures[future]
+                    future.result()  # re-raises a worker's error
+                    bar.set_postfix_str(f"{corpus} {name}")
+                    bar.update()
+        bar.close()
+
+    def run(self) -> dict:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo is offline by design
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         start = time.perf_counter()
         self.data()
-        steps = [(c, kind, name) for c in self.corpora
-                 for kind, names in (("models", ["models"]), ("unlearn", self.config.methods),
-                                     ("sweep", model_names(self.config)),
-                                     ("diagnose", self.config.methods))
-                 for name in names]
-        bar = tqdm(steps, desc="demo", unit="stage", disable=not self.progress)
-        for corpus, kind, name in bar:
-            bar.set_postfix_str(f"{corpus} {kind} {name}")
-            models = self.out / corpus / "models"
-            if kind == "models":
-                self.models(corpus)
-            elif kind == "unlearn":
-                self.unlearn(corpus, name, models / "target")
-            elif kind == "sweep":
-                unlearned = None if name in ("target", "retrain") else self.checkpoint(corpus, name)
-                base = models / ("retrain" if name == "retrain" else "target")
-                self.sweep(corpus, name, base, unlearned)
-            else:
-                self.diagnose(corpus, name, models / "target", self.checkpoint(corpus, name))
-        bar.close()
+        for corpus in self.corpora:
+            self.models(corpus)
+        methods = [(c, m) for c in self.corpora for m in self.config.methods]
+        self.run_cells("unlearn", methods)
+        self.run_cells("sweep", [(c, n) for c in self.corpora for n in model_names(self.config)])
+        self.run_cells("diagnose", methods)
         root = self.leaderboard()
         from .summary import write_summary
 
-        summary = write_summary(self, root, time.perf_counter() - start)
-        return summary
+        return write_summary(self, root, time.perf_counter() - start)
 
     def checkpoint(self, corpus: str, method: str) -> Path:
         return self.out / corpus / "unlearn" / method / "run" / "delta.safetensors"
+
+
+# ------------------------------------------------------------------ worker processes
+_WORKER: DemoRun | None = None
+
+
+def _worker_init(config: DemoConfig, out: str, corpora: tuple[str, ...]) -> None:
+    """A ``--jobs`` worker: one torch thread (the workers share the cores), no progress bars."""
+    import torch
+
+    global _WORKER
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    _WORKER = DemoRun(config, out, corpora, progress=False, log=lambda *a: None)
+
+
+def _worker_cell(kind: str, corpus: str, name: str) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        _WORKER.cell(kind, corpus, name)

@@ -9,8 +9,11 @@ unlearn the target, evaluate VerbMem_f at full precision and at 4-bit (``bnb-fp4
 * ``retained_4bit``  = 100 * VerbMem_f(Q(theta_u)) / VerbMem_f(Q(theta_o)),
 * ``survival_ratio`` = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| (diagnose),
 
-and it shows **recovery** when ``retained_4bit - retained_full >= 10`` points
-(:data:`harness_ext.demo.summary.RECOVERY_POINTS`). For ``bf16`` the target is first rounded to
+and it shows **recovery** when the unlearning forgot something at full precision
+(``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back
+(``retained_4bit - retained_full >= 10``; :data:`harness_ext.demo.summary.RECOVERY_POINTS`).
+Without the first condition a barely-unlearned model whose 4-bit score drifts above the
+target's (VerbMem_f of the target itself moves by a few points between schemes) would count. For ``bf16`` the target is first rounded to
 bf16 and stored so (MUSE's models are 16-bit), unlearned in pure bf16, and both are evaluated with
 fp32 arithmetic on their (exactly representable) bf16 weights, so only the weights differ.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from .summary import RECOVERY_POINTS
 
 SCHEMES = ("none", "bnb-fp4")
+POINT_FILE = "point.json"
 
 
 def _verbmem(results_dir: Path, corpus: str) -> dict:
@@ -80,25 +84,36 @@ def run_recovery_map(demo, corpus: str, precisions=("fp32",), lrs=None) -> dict:
         overall = report["schemes"]["bnb-fp4"]["overall"]
         retained = {s: None if not reference[s] else 100 * verbmem[s] / reference[s]
                     for s in SCHEMES}
-        points.append({
+        point = {
             "method": method, "precision": precision, "lr": lr,
             "verbmem_f": verbmem, "target_verbmem_f": reference,
             "retained_full": retained["none"], "retained_4bit": retained["bnb-fp4"],
             "survival_ratio": overall["survival_ratio"],
             "sub_half_step_share": overall["sub_half_step_share"],
             "unchanged_fraction": overall["unchanged_fraction"],
-        })
+        }
+        (cell / POINT_FILE).write_text(json.dumps(point, indent=2) + "\n")
     bar.close()
-    found = [p for p in points if p["retained_full"] is not None and p["retained_4bit"] is not None
-             and p["retained_4bit"] - p["retained_full"] >= RECOVERY_POINTS]
-    report = {"corpus": corpus, "methods": list(config.map_methods), "lrs": list(lrs),
-              "precisions": list(precisions), "recovery_points": RECOVERY_POINTS,
+    # the map shows every point measured in this folder (earlier runs with other lrs/precisions)
+    points = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{POINT_FILE}"))]
+    points.sort(key=lambda p: (p["precision"], p["method"], p["lr"]))
+    found = [p for p in points if is_recovery(p)]
+    report = {"corpus": corpus, "methods": sorted({p["method"] for p in points}),
+              "lrs": sorted({p["lr"] for p in points}),
+              "precisions": sorted({p["precision"] for p in points}),
+              "recovery_points": RECOVERY_POINTS,
               "points": points, "recovery_found": [
                   {k: p[k] for k in ("method", "precision", "lr")} for p in found]}
     (root / "points.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_map(report, root / "recovery_map.svg")
     demo.log(format_map(report) + f"\n\nplot: {root / 'recovery_map.svg'}")
     return report
+
+
+def is_recovery(point: dict) -> bool:
+    full, four = point["retained_full"], point["retained_4bit"]
+    return (full is not None and four is not None and full <= 100 - RECOVERY_POINTS
+            and four - full >= RECOVERY_POINTS)
 
 
 def format_map(report: dict) -> str:
@@ -119,9 +134,11 @@ def format_map(report: dict) -> str:
     if report["recovery_found"]:
         where = ", ".join(f"{p['method']} {p['precision']} lr {p['lr']:g}"
                           for p in report["recovery_found"])
-        lines.append(f"recovery (4-bit >= full + {report['recovery_points']:g} points) at: {where}")
+        lines.append(f"recovery (full <= {100 - report['recovery_points']:g}, 4-bit >= full + "
+                     f"{report['recovery_points']:g} points) at: {where}")
     else:
-        lines.append(f"no recovery (4-bit >= full + {report['recovery_points']:g} points) anywhere "
+        lines.append(f"no recovery (full <= {100 - report['recovery_points']:g}, 4-bit >= full + "
+                     f"{report['recovery_points']:g} points) anywhere "
                      f"in the explored region: methods {', '.join(report['methods'])} x lr "
                      f"{', '.join(f'{x:g}' for x in report['lrs'])} x precision "
                      f"{', '.join(report['precisions'])}")
@@ -176,7 +193,8 @@ def plot_map(report: dict, path: Path) -> Path:
         left.legend(fontsize=7)
         right.axhline(RECOVERY_POINTS, color="grey", ls="--", lw=0.8)
         right.axhline(0, color="grey", ls=":", lw=0.8)
-        right.set(xscale="log", xlabel="survival ratio ||Q(θu)−Q(θo)|| / ||θu−θo|| (bnb-fp4)",
+        right.set(xscale="log",
+                  xlabel="survival ratio ||Q(θu)−Q(θo)|| / ||θu−θo|| (bnb-fp4)",
                   ylabel="4-bit minus full (points)", title="does the update survive?")
         fig.suptitle(f"recovery map, {report['corpus']} toy")
         buffer = io.BytesIO()

@@ -21,6 +21,13 @@ def slug(corpus: str, name: str) -> str:
     return f"toy-{corpus}-{name.replace('_', '-')}"
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def add_entries(demo, corpus: str, root: Path) -> None:
     """``muse-quant leaderboard add`` for every demo model not on the demo board yet."""
     models = demo.out / corpus / "models"
@@ -32,10 +39,13 @@ def add_entries(demo, corpus: str, root: Path) -> None:
             continue
         kind = name if name in ("target", "retrain") else "method"
         checkpoint = models / name if kind != "method" else demo.checkpoint(corpus, name)
+        # where others get it: rebuilt by the demo (a path relative to where it was run)
+        location = f"muse-quant demo: {_relative(checkpoint)}"
         argv = ["leaderboard", "add", "--root", str(root), "--corpus", corpus,
                 "--slug", slug(corpus, name), "--results",
                 str(demo.out / corpus / "sweep" / name / "results"), "--checkpoint",
-                str(checkpoint), "--kind", kind, "--submitted_by", "muse-quant demo",
+                str(checkpoint), "--checkpoint_location", location, "--kind", kind,
+                "--submitted_by", "muse-quant demo",
                 "--base_model", base_model, "--reproducible", "toy",
                 "--description", f"muse-quant demo ({demo.config.name} configuration)"]
         if kind != "target":
@@ -72,7 +82,10 @@ def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict)
                   for e in group.references}
     average = {s: group.average_retained(s) for s in schemes}
     full, four = average.get("none"), average.get("bnb-fp4")
-    recovered = None if full is None or four is None else four - full >= RECOVERY_POINTS
+    # recovery of forgotten text: something was forgotten at full precision and 4-bit brings
+    # at least RECOVERY_POINTS of it back (same rule as the recovery map)
+    recovered = None if full is None or four is None else \
+        full <= 100 - RECOVERY_POINTS and four - full >= RECOVERY_POINTS
     return {"corpus": corpus, "schemes": schemes, "rows": rows, "references": references,
             "baseline_average": average, "paper_average": list(scores.PAPER_AVERAGE),
             "recovery": recovered}
