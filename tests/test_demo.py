@@ -77,9 +77,12 @@ def test_default_configuration_is_the_issue_list():
                             "ga_gdr_sure", "npo_klr_sure"}
     assert DEFAULT.schemes == ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
     args = DEFAULT.unlearn.arguments("npo_klr_sure")
-    assert args[args.index("--lr") + 1] == "0.0001"
+    # the demo's lrs are MUSE's x10 with the paper's SURE:baseline ratio of 10 (see config.py)
+    assert args[args.index("--lr") + 1] == "0.001"
     assert args[args.index("--sure_threshold") + 1] == "90" and args.count("--alpha") == 1
-    assert DEFAULT.unlearn.arguments("ga")[3] == "1e-05"
+    assert args[args.index("--alpha") + 1] == "20"  # the paper's NPO_KLR_SURE alpha
+    ga = DEFAULT.unlearn.arguments("ga")
+    assert ga[ga.index("--lr") + 1] == "0.0001" and "--sure_threshold" not in ga
 
 
 def _point(method, lr, full, four, survival):
