@@ -53,8 +53,14 @@ class Registry(Generic[T]):
         return name in self._items
 
 
+_imported_packages: set[str] = set()
+
+
 def import_submodules(package_name: str, package_path) -> None:
-    """Import every module of a package so their ``@register`` decorators run."""
+    """Import every module of a package (once) so their ``@register`` decorators run."""
+    if package_name in _imported_packages:
+        return
+    _imported_packages.add(package_name)
     for info in pkgutil.iter_modules(package_path):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package_name}.{info.name}")

@@ -96,6 +96,12 @@ def _call(argv: list[str], what: str) -> None:
                              "(finished stages are kept)")
 
 
+def _offline() -> None:
+    """The demo never uses the hub (GPTQ/AWQ calibrate on the embedded generic split)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
 def model_names(config: DemoConfig) -> list[str]:
     return ["target", "retrain", *config.methods]
 
@@ -233,8 +239,7 @@ class DemoRun:
         bar.close()
 
     def run(self) -> dict:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo is offline by design
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        _offline()
         start = time.perf_counter()
         self.data()
         for corpus in self.corpora:
@@ -265,8 +270,7 @@ def _worker_init(config: DemoConfig, out: str, corpora: tuple[str, ...]) -> None
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    _offline()
     _WORKER = DemoRun(config, out, corpora, progress=False, log=lambda *a: None)
 
 

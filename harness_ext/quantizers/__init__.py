@@ -9,16 +9,10 @@ from __future__ import annotations
 
 from .base import QUANTIZERS, Calibration, Quantizer, parse_scheme, scheme_table
 
-_discovered = False
-
-
 def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        from ..registry import import_submodules
+    from ..registry import import_submodules
 
-        import_submodules(__name__, __path__)
-        _discovered = True
+    import_submodules(__name__, __path__)
 
 
 def available_schemes() -> list[tuple[str, str]]:

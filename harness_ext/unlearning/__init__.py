@@ -15,16 +15,10 @@ from pathlib import Path
 from ..errors import MuseQuantError
 from .base import METHODS, UnlearningMethod, kl_to_reference, nll, sequence_logprob
 
-_discovered = False
-
-
 def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        from ..registry import import_submodules
+    from ..registry import import_submodules
 
-        import_submodules(__name__, __path__)
-        _discovered = True
+    import_submodules(__name__, __path__)
     from .sure import register_sure_variants
 
     register_sure_variants()
