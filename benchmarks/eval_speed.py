@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def build_model(out: Path) -> None:
-    from harness_ext import metrics, training
+    from harness_ext import metrics
+    from harness_ext.toy import training
     from harness_ext.data import embedded
-    from harness_ext.tiny import build_tiny_llama, save_model
+    from harness_ext.toy.tiny import build_tiny_llama, save_model
 
     model, tok = build_tiny_llama(seed=0, max_position_embeddings=8192)
     files = embedded.generate(flavour="news")

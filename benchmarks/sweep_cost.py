@@ -7,7 +7,7 @@ evaluate K schemes:
   tasks, as K ``muse-quant eval`` runs would (in-process, so without their interpreter start-up
   and imports: a baseline in favour of separate runs);
 * the sweep: load once with ``keep_float_weights=True``, then per scheme
-  :func:`harness_ext.sweep.evaluate_scheme` (restore the float weights, quantize, run the tasks):
+  :func:`harness_ext.evaluation.sweep.evaluate_scheme` (restore the float weights, quantize, run the tasks):
   the code ``muse-quant sweep`` runs for every scheme.
 
 On a shared machine timings drift by large factors within minutes, so the two are interleaved
@@ -58,9 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-    from harness_ext import sweep
+    from harness_ext.evaluation import sweep
     from harness_ext.lm import MuseQuantLM
-    from harness_ext.tiny import build_tiny_llama
+    from harness_ext.toy.tiny import build_tiny_llama
 
     schemes = sweep.parse_scheme_list(args.schemes)
     tasks = args.tasks.split(",")

@@ -20,7 +20,8 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from . import weights
+from . import checkpoints
+from .quantizers import apply as qapply
 from .errors import MuseQuantError
 from .quantizers import parse_scheme
 
@@ -70,7 +71,7 @@ class MuseQuantLM(HFLM):
         self._quantizer = parse_scheme("none" if quant is None else str(quant))
         self._unlearned = str(unlearned) if unlearned not in (None, "", "None") else None
         if self._unlearned is not None:
-            weights.detect_checkpoint_kind(self._unlearned)
+            checkpoints.detect_checkpoint_kind(self._unlearned)
         self._quant_lm_head = _as_bool(quant_lm_head)
         self._allow_pickle = _as_bool(allow_pickle)
         self._keep_float_weights = _as_bool(keep_float_weights)
@@ -79,10 +80,10 @@ class MuseQuantLM(HFLM):
                             "calib_data": calib_data, "quant_cache_dir": quant_cache_dir}
         self._calibration_built = None
         if self._quantizer.needs_calibration:
-            from .calibration import validate_calib
+            from .quantizers.calibration import validate_calib
 
             validate_calib(**self._calib_args)
-        self._float_snapshot: weights.WeightSnapshot | None = None
+        self._float_snapshot: qapply.WeightSnapshot | None = None
         # module / parameter names the last quantization changed (None: unknown, restore all)
         self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
@@ -113,13 +114,13 @@ class MuseQuantLM(HFLM):
     def _create_model(self, pretrained, **kwargs):
         super()._create_model(pretrained, **kwargs)
         if self._unlearned is not None:
-            self._model, report = weights.apply_unlearned(self._model, self._unlearned,
+            self._model, report = checkpoints.apply_unlearned(self._model, self._unlearned,
                                                           allow_pickle=self._allow_pickle)
             self.muse_info["unlearned"] = report
         if self._keep_float_weights:
-            names = weights.quantizable_linear_names(self._model, include_lm_head=True)
+            names = qapply.quantizable_linear_names(self._model, include_lm_head=True)
             # other_parameters: AWQ also rescales norm weights
-            self._float_snapshot = weights.WeightSnapshot(self._model, names,
+            self._float_snapshot = qapply.WeightSnapshot(self._model, names,
                                                           other_parameters=True)
         report = self._quantize(self._quantizer)
         self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
@@ -128,7 +129,7 @@ class MuseQuantLM(HFLM):
         if not quantizer.needs_calibration:
             return None
         if self._calibration_built is None:  # built once per model (sweeps reuse it)
-            from .calibration import build_calibration
+            from .quantizers.calibration import build_calibration
 
             self._calibration_built = build_calibration(tokenizer=self.tokenizer,
                                                         **self._calib_args)
@@ -136,7 +137,7 @@ class MuseQuantLM(HFLM):
 
     def _quantize(self, quantizer) -> dict:
         start = time.perf_counter()
-        report = weights.quantize_model(self._model, quantizer,
+        report = qapply.quantize_model(self._model, quantizer,
                                         include_lm_head=self._quant_lm_head,
                                         calibration=self._calibration(quantizer),
                                         progress=self.rank == 0 if hasattr(self, "_rank") else True)

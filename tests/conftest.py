@@ -28,7 +28,7 @@ def shared_muse() -> Path:
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory) -> Path:
     """A random tiny Llama (hidden 128, 2 layers) saved to disk: fast unit tests."""
-    from harness_ext.tiny import build_tiny_llama
+    from harness_ext.toy.tiny import build_tiny_llama
 
     out = tmp_path_factory.mktemp("small_model")
     build_tiny_llama(out, seed=1, hidden_size=128, intermediate_size=384, num_hidden_layers=2)
@@ -39,9 +39,10 @@ def small_model_dir(tmp_path_factory) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The issue's integration model: hidden 256, intermediate 768, 4 layers, briefly trained on
     the embedded NEWS forget documents so that its outputs are not degenerate."""
-    from harness_ext import metrics, training
+    from harness_ext import metrics
+    from harness_ext.toy import training
     from harness_ext.data import embedded
-    from harness_ext.tiny import build_tiny_llama, save_model
+    from harness_ext.toy.tiny import build_tiny_llama, save_model
 
     out = tmp_path_factory.mktemp("tiny_model")
     model, tok = build_tiny_llama(seed=0, max_position_embeddings=8192)

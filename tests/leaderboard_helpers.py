@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from harness_ext.results import scheme_filename
+from harness_ext.io import scheme_filename
 
 SUFFIXES = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 SHA = "0123456789abcdef" * 4

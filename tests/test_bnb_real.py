@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness_ext import weights
+from harness_ext.quantizers import apply as qapply
 from harness_ext.errors import MuseQuantError
 from harness_ext.quantizers import parse_scheme
-from harness_ext.quantizers.bnb_real import dequantized_weight
+from harness_ext.quantizers.schemes.bnb_real import dequantized_weight
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -46,7 +46,7 @@ def test_layers_equal_transformers_bitsandbytes_loading(small_model_dir, scheme)
     from transformers import AutoModelForCausalLM
 
     ours = AutoModelForCausalLM.from_pretrained(small_model_dir, dtype=torch.float32).eval()
-    report = weights.quantize_model(ours, parse_scheme(scheme))
+    report = qapply.quantize_model(ours, parse_scheme(scheme))
     assert report["n_modules"] == 14 and type(ours.lm_head) is nn.Linear
     config = parse_scheme(scheme).config(torch.float32)
     theirs = AutoModelForCausalLM.from_pretrained(small_model_dir, dtype=torch.float32,
@@ -76,8 +76,8 @@ def test_int8_real_differs_from_weight_only_int8(small_model_dir):
 
     base = AutoModelForCausalLM.from_pretrained(small_model_dir, dtype=torch.float32).eval()
     real, fake = copy.deepcopy(base), copy.deepcopy(base)
-    weights.quantize_model(real, parse_scheme("bnb-int8-real"))
-    weights.quantize_model(fake, parse_scheme("bnb-int8"))
+    qapply.quantize_model(real, parse_scheme("bnb-int8-real"))
+    qapply.quantize_model(fake, parse_scheme("bnb-int8"))
     ids = torch.randint(3, 4000, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a, b = real(ids).logits, fake(ids).logits
@@ -102,7 +102,7 @@ class Stack(nn.Module):
 def test_4bit_real_on_cpu_needs_kernel_shaped_dims(shape, needs):
     model = Stack((128, 128), shape)
     with pytest.raises(MuseQuantError, match="layers.1.proj has shape") as err:
-        weights.quantize_model(model, parse_scheme("bnb-fp4-real"))
+        qapply.quantize_model(model, parse_scheme("bnb-fp4-real"))
     assert needs in str(err.value) and "bnb-fp4" in err.value.fix
     assert all(type(b.proj) is nn.Linear for b in model.layers)  # nothing swapped
 
@@ -110,7 +110,7 @@ def test_4bit_real_on_cpu_needs_kernel_shaped_dims(shape, needs):
 def test_int8_real_has_no_shape_constraint():
     model = Stack((33, 7)).eval()
     x = torch.randn(2, 33)
-    weights.quantize_model(model, parse_scheme("bnb-int8-real"))
+    qapply.quantize_model(model, parse_scheme("bnb-int8-real"))
     assert isinstance(model.layers[0].proj, bnb.nn.Linear8bitLt)
     with torch.no_grad():
         assert model.layers[0].proj(x).shape == (2, 7)

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from harness_ext import compat
-from harness_ext.calibration import build_calibration, token_windows, validate_calib
+from harness_ext.quantizers import compat
+from harness_ext.quantizers.calibration import build_calibration, token_windows, validate_calib
 from harness_ext.data import embedded
 from harness_ext.errors import MuseQuantError
-from harness_ext.tiny import load_tokenizer
+from harness_ext.toy.tiny import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _results(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_exactly(tmp_path):
-    from harness_ext.tiny import build_tiny_llama
+    from harness_ext.toy.tiny import build_tiny_llama
 
     model = tmp_path / "model"
     build_tiny_llama(model, seed=1, hidden_size=128, intermediate_size=384, num_hidden_layers=2)

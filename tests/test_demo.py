@@ -39,7 +39,7 @@ def test_fast_demo_runs_every_stage(fast_demo):
     board = out / "leaderboard"
     assert "toy-news-ga-gdr" in (board / "README.md").read_text()
     assert (board / "news_forget_vs_utility.svg").exists()
-    from muse_quant_leaderboard.validator import load_board
+    from harness_ext.leaderboard.validator import load_board
 
     loaded = load_board(board)
     assert loaded.problems == []

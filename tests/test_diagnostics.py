@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from harness_ext.cli import main
-from harness_ext.diagnostics import diagnose_models
+from harness_ext.evaluation.diagnostics import diagnose_models
 from harness_ext.quantizers import parse_scheme
-from harness_ext.quantizers.awq import fold_scales
+from harness_ext.quantizers.schemes.awq import fold_scales
 
 
 class Block(nn.Module):
@@ -84,7 +84,7 @@ def test_identical_models_have_no_update():
 
 def test_bf16_small_updates_round_away(tmp_path):
     """In bf16 an update below half the spacing of a weight leaves it unchanged."""
-    from harness_ext.weights import apply_unlearned
+    from harness_ext.checkpoints import apply_unlearned
 
     target = Stack([[1.0, 0.5, 0.25, 0.125]], dtype=torch.bfloat16)
     # bf16 spacing at 1.0 is 2^-7: +1e-4 rounds away; at 0.5 it is 2^-8: +2^-7 is kept

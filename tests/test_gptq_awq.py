@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from harness_ext.calibration import build_calibration
+from harness_ext.quantizers.calibration import build_calibration
 from harness_ext.cli import main
 from harness_ext.errors import MuseQuantError
 from harness_ext.quantizers import parse_scheme
-from harness_ext.tiny import load_tokenizer
-from harness_ext.weights import quantizable_linear_names, quantize_model, write_parameters
+from harness_ext.toy.tiny import load_tokenizer
+from harness_ext.quantizers.apply import quantizable_linear_names, quantize_model, write_parameters
 
 CALIB = ",calib_samples=2,calib_seqlen=32"
 

@@ -15,10 +15,10 @@ from leaderboard_helpers import (SHA, entry_meta, make_entry, make_results, smal
                                  three_schemes, write_results)
 
 from harness_ext.cli import main
-from muse_quant_leaderboard import builder, scores
-from muse_quant_leaderboard.add import checkpoint_sha256
-from muse_quant_leaderboard.check import check, compare_results, unlearn_arguments
-from muse_quant_leaderboard.validator import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTES, check_results,
+from harness_ext.leaderboard import builder, scores
+from harness_ext.leaderboard.add import checkpoint_sha256
+from harness_ext.leaderboard.check import check, compare_results, unlearn_arguments
+from harness_ext.leaderboard.validator import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTES, check_results,
                                               current_tasks, load_board, load_plain_yaml)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -517,7 +517,9 @@ def test_compare_results_is_exact():
 def test_schema_file_is_valid_json_schema():
     import jsonschema
 
-    schema = json.loads((REPO / "leaderboard" / "schema" / "entry.schema.json").read_text())
+    from harness_ext.leaderboard import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validators.validator_for(schema).check_schema(schema)
     assert schema["additionalProperties"] is False
     meta = entry_meta()

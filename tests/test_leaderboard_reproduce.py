@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness_ext.cli import commands, main
-from muse_quant_leaderboard.check import _command_options
-from muse_quant_leaderboard.validator import check_results, current_tasks, load_board
+from harness_ext.leaderboard.check import _command_options
+from harness_ext.leaderboard.validator import check_results, current_tasks, load_board
 
 SCHEMES = "none,bnb-int8,bnb-fp4"
 

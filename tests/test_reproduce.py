@@ -15,7 +15,7 @@ import pytest
 from harness_ext import cli
 from harness_ext.reproduce import (ALL_METHODS, DEFAULT_QUANT, Assumptions, LLAMA2_7B,
                                    build_plan, estimate, model_shape)
-from harness_ext.results import scheme_from_filename
+from harness_ext.io import scheme_from_filename
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("target", "retrain") + ALL_METHODS

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from harness_ext import sweep
+from harness_ext.evaluation import sweep
 from harness_ext.cli import main
 from harness_ext.errors import MuseQuantError
-from harness_ext.results import load_results, recorded_scheme, scheme_filename
+from harness_ext.io import load_results, recorded_scheme, scheme_filename
 
 SIX = ["none", "bnb-int8", "bnb-fp4", "rtn:4:g128", "gptq:4", "awq:4"]
 TASK = "muse_news_privleak"

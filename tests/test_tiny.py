@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness_ext import tiny
+from harness_ext.toy import tiny
 
 
 def test_committed_tokenizer_is_reproducible():

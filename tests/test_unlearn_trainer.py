@@ -11,11 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness_ext import weights
+from harness_ext import checkpoints
+from harness_ext.quantizers import apply as qapply
 from harness_ext.cli import main
 from harness_ext.data import embedded
 from harness_ext.errors import MuseQuantError
-from harness_ext.training import TokenizedTexts, sequence_nll
+from harness_ext.data.tokenized import TokenizedTexts
+from harness_ext.unlearning.losses import sequence_nll
 from harness_ext.unlearning.trainer import unlearn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +39,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Path:
     """The 'target' model: a small Llama trained briefly on the 8 forget + 8 retain documents."""
-    from harness_ext.tiny import build_tiny_llama, save_model
-    from harness_ext.training import train_causal_lm
+    from harness_ext.toy.tiny import build_tiny_llama, save_model
+    from harness_ext.toy.training import train_causal_lm
 
     out = tmp_path_factory.mktemp("unlearn_target")
     model, tok = build_tiny_llama(seed=0, **SMALL)
@@ -218,7 +220,7 @@ def test_neuron_masking_with_every_row_selected_is_plain_adamw(target, data, tmp
 # --------------------------------------------------------------------------------------
 
 def test_bf16_loses_small_updates_fp32_does_not(target, data, tmp_path):
-    names = [f"{n}.weight" for n in weights.quantizable_linear_names(load(target))]
+    names = [f"{n}.weight" for n in qapply.quantizable_linear_names(load(target))]
     original = params(target)
     fractions = {}
     for precision in ("bf16", "fp32"):
@@ -251,7 +253,7 @@ def test_delta_and_full_checkpoints_give_identical_logits(target, data, tmp_path
     for save in ("full", "delta"):
         run(target, data, tmp_path / save, "npo_gdr", lr=1e-3, max_steps=2, save=save)
     delta = load_file(str(tmp_path / "delta" / "delta.safetensors"))
-    assert any(k.endswith(weights.EXACT_INDEX) for k in delta)  # weights near zero
+    assert any(k.endswith(checkpoints.EXACT_INDEX) for k in delta)  # weights near zero
     logits, models = {}, {}
     x = torch.tensor([[1, 100, 200, 300, 400, 500, 7, 8]])
     for save, ckpt in (("full", "model"), ("delta", "delta.safetensors")):

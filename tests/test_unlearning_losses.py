@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from harness_ext.errors import MuseQuantError
-from harness_ext.training import TokenizedTexts
+from harness_ext.data.tokenized import TokenizedTexts
 from harness_ext.unlearning import (METHODS, available_methods, kl_to_reference, load_plugin,
                                     make_method)
-from harness_ext.unlearning.npo import npo_loss
+from harness_ext.unlearning.methods.npo import npo_loss
 from harness_ext.unlearning.sure import SureMask, parse_threshold
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_kl_term_by_hand():
 
 
 def test_kl_term_is_zero_at_the_reference_and_positive_otherwise():
-    from harness_ext.tiny import build_tiny_llama
+    from harness_ext.toy.tiny import build_tiny_llama
 
     model, tok = build_tiny_llama(seed=3, hidden_size=128, intermediate_size=384,
                                   num_hidden_layers=1)
@@ -105,7 +105,7 @@ def test_kl_term_is_zero_at_the_reference_and_positive_otherwise():
 
 
 def test_muse_chunks():
-    from harness_ext.tiny import load_tokenizer
+    from harness_ext.toy.tiny import load_tokenizer
 
     tok = load_tokenizer()
     texts = ["First document of the split.", "Second one, a little longer than the first.",
@@ -200,8 +200,8 @@ def test_contributing_shows_the_example_file_verbatim():
 def test_weight_delta_round_trips_bit_for_bit_with_tied_weights(tmp_path):
     """theta_o + delta == theta_u exactly, also for weights that move to or across zero (where a
     float32 delta may not be exact and the file carries the exact values); tied weights once."""
-    from harness_ext import weights
-    from harness_ext.tiny import build_tiny_llama
+    from harness_ext import checkpoints
+    from harness_ext.toy.tiny import build_tiny_llama
 
     original, _ = build_tiny_llama(seed=4, hidden_size=128, intermediate_size=384,
                                    num_hidden_layers=1, tie_word_embeddings=True)
@@ -213,13 +213,13 @@ def test_weight_delta_round_trips_bit_for_bit_with_tied_weights(tmp_path):
                 p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
         unlearned.model.layers[0].mlp.up_proj.weight.zero_()  # a whole tensor crossing to 0
         unlearned.model.norm.weight.copy_(original.model.norm.weight)  # an unchanged tensor
-    delta, patched = weights.weight_delta(unlearned, original)
+    delta, patched = checkpoints.weight_delta(unlearned, original)
     assert "model.embed_tokens.weight" in delta and "lm_head.weight" not in delta
     assert "model.norm.weight" not in delta
-    assert patched > 0 and any(k.endswith(weights.EXACT_VALUE) for k in delta)
-    weights.save_delta(delta, tmp_path / "delta.safetensors")
+    assert patched > 0 and any(k.endswith(checkpoints.EXACT_VALUE) for k in delta)
+    checkpoints.save_delta(delta, tmp_path / "delta.safetensors")
     fresh = copy.deepcopy(original)
-    fresh, report = weights.apply_unlearned(fresh, tmp_path / "delta.safetensors")
+    fresh, report = checkpoints.apply_unlearned(fresh, tmp_path / "delta.safetensors")
     assert report["kind"] == "delta"
     for (name, a), (_, b) in zip(fresh.named_parameters(), unlearned.named_parameters()):
         assert torch.equal(a, b), name

@@ -4,10 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness_ext import weights
+from harness_ext import checkpoints
+
+from harness_ext.quantizers import apply as qapply
 from harness_ext.errors import MuseQuantError
 from harness_ext.quantizers import parse_scheme
-from harness_ext.tiny import build_tiny_llama, save_model
+from harness_ext.toy.tiny import build_tiny_llama, save_model
 
 SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=1)
 
@@ -23,7 +25,7 @@ def test_delta_is_added_by_parameter_name(tmp_path):
     before = q.detach().clone()
     delta = {"model.layers.0.self_attn.q_proj.weight": torch.full_like(q, 0.5)}
     save_file(delta, tmp_path / "delta.safetensors")
-    model, report = weights.apply_unlearned(model, tmp_path / "delta.safetensors")
+    model, report = checkpoints.apply_unlearned(model, tmp_path / "delta.safetensors")
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before + 0.5)
     assert report["kind"] == "delta" and report["tensors_changed"] == 1
     assert report["update_l2_norm"] == pytest.approx(0.5 * q.numel() ** 0.5)
@@ -36,19 +38,19 @@ def test_tied_weights_change_once(tmp_path):
     d = torch.full_like(before, 0.25)
     # Both aliases listed (as state_dict() would): the shared tensor must move by d, not 2d.
     save_file({"model.embed_tokens.weight": d, "lm_head.weight": d.clone()}, tmp_path / "d.safetensors")
-    model, report = weights.apply_unlearned(model, tmp_path / "d.safetensors")
+    model, report = checkpoints.apply_unlearned(model, tmp_path / "d.safetensors")
     assert torch.equal(model.model.embed_tokens.weight, before + 0.25)
     assert report["tensors_changed"] == 1
     save_file({"model.embed_tokens.weight": d, "lm_head.weight": d * 2}, tmp_path / "bad.safetensors")
     with pytest.raises(MuseQuantError, match="tied parameters .* differ"):
-        weights.apply_unlearned(model, tmp_path / "bad.safetensors")
+        checkpoints.apply_unlearned(model, tmp_path / "bad.safetensors")
 
 
 def test_full_model_directory(tmp_path):
     base, tok = small(seed=0)
     other, _ = small(seed=1)
     save_model(other, tok, tmp_path / "unlearned")
-    base, report = weights.apply_unlearned(base, tmp_path / "unlearned")
+    base, report = checkpoints.apply_unlearned(base, tmp_path / "unlearned")
     assert report["kind"] == "full"
     for (n, a), (_, b) in zip(base.named_parameters(), other.named_parameters()):
         assert torch.equal(a, b), n
@@ -65,7 +67,7 @@ def test_peft_adapter_is_merged(tmp_path):
             torch.nn.init.normal_(p, std=0.1)
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = peft_model.merge_and_unload()
-    base, report = weights.apply_unlearned(base, tmp_path / "adapter")
+    base, report = checkpoints.apply_unlearned(base, tmp_path / "adapter")
     assert report["kind"] == "peft" and report["update_l2_norm"] > 0
     for (n, a), (_, b) in zip(base.named_parameters(), merged.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
@@ -77,10 +79,10 @@ def test_pickle_needs_opt_in(tmp_path):
     q = model.model.layers[0].self_attn.q_proj.weight
     torch.save({"model.layers.0.self_attn.q_proj.weight": torch.ones_like(q)}, tmp_path / "d.bin")
     with pytest.raises(MuseQuantError, match="pickle") as err:
-        weights.apply_unlearned(model, tmp_path / "d.bin")
+        checkpoints.apply_unlearned(model, tmp_path / "d.bin")
     assert "allow_pickle=True" in err.value.fix
     before = q.detach().clone()
-    model, _ = weights.apply_unlearned(model, tmp_path / "d.bin", allow_pickle=True)
+    model, _ = checkpoints.apply_unlearned(model, tmp_path / "d.bin", allow_pickle=True)
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before + 1)
 
 
@@ -95,29 +97,29 @@ def test_checkpoint_mismatches_are_clear(tmp_path, state, message):
     save_file(state, tmp_path / "d.safetensors")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(MuseQuantError, match=message):
-        weights.apply_unlearned(model, tmp_path / "d.safetensors")
+        checkpoints.apply_unlearned(model, tmp_path / "d.safetensors")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # untouched
 
 
 def test_missing_or_unknown_checkpoints(tmp_path):
     model, _ = small()
     with pytest.raises(MuseQuantError, match="does not exist"):
-        weights.apply_unlearned(model, tmp_path / "nope")
+        checkpoints.apply_unlearned(model, tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MuseQuantError, match="neither a model directory"):
-        weights.apply_unlearned(model, tmp_path / "empty")
+        checkpoints.apply_unlearned(model, tmp_path / "empty")
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(MuseQuantError, match="unknown checkpoint file type"):
-        weights.apply_unlearned(model, tmp_path / "w.npz")
+        checkpoints.apply_unlearned(model, tmp_path / "w.npz")
 
 
 def test_quantize_model_selects_block_linears_only():
     model, _ = small()
     emb = model.model.embed_tokens.weight.detach().clone()
     head = model.lm_head.weight.detach().clone()
-    names = weights.quantizable_linear_names(model)
+    names = qapply.quantizable_linear_names(model)
     assert len(names) == 7 and "lm_head" not in names  # q k v o gate up down
-    report = weights.quantize_model(model, parse_scheme("rtn:4"))
+    report = qapply.quantize_model(model, parse_scheme("rtn:4"))
     assert report["n_modules"] == 7 and report["scheme"] == "rtn:4" and report["seconds"] >= 0
     assert torch.equal(model.model.embed_tokens.weight, emb)
     assert torch.equal(model.lm_head.weight, head)
@@ -128,7 +130,7 @@ def test_quantize_model_selects_block_linears_only():
 def test_quant_lm_head_unties_and_leaves_embedding():
     model, _ = small(tie_word_embeddings=True)
     emb = model.model.embed_tokens.weight.detach().clone()
-    report = weights.quantize_model(model, parse_scheme("rtn:4"), include_lm_head=True)
+    report = qapply.quantize_model(model, parse_scheme("rtn:4"), include_lm_head=True)
     assert "lm_head" in report["modules"] and report["n_modules"] == 8
     assert torch.equal(model.model.embed_tokens.weight, emb)
     assert not torch.equal(model.lm_head.weight, emb)
@@ -136,10 +138,10 @@ def test_quant_lm_head_unties_and_leaves_embedding():
 
 def test_snapshot_restores_float_weights():
     model, _ = small()
-    names = weights.quantizable_linear_names(model)
+    names = qapply.quantizable_linear_names(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    snap = weights.WeightSnapshot(model, names)
-    weights.quantize_model(model, parse_scheme("bnb-nf4"))
+    snap = qapply.WeightSnapshot(model, names)
+    qapply.quantize_model(model, parse_scheme("bnb-nf4"))
     assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight,
                            before["model.layers.0.self_attn.q_proj.weight"])
     snap.restore(model)

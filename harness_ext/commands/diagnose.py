@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..diagnostics import print_table, run_diagnose
-    from ..sweep import parse_scheme_list
+    from ..evaluation.diagnostics import print_table, run_diagnose
+    from ..evaluation.sweep import parse_scheme_list
 
     schemes = parse_scheme_list(args.quant)
     report = run_diagnose(args.pretrained, args.unlearned, schemes, args.out, dtype=args.dtype,

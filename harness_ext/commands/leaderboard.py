@@ -6,7 +6,7 @@
   muse-quant leaderboard build                 write leaderboard/README.md and the plots
 
 Run from the repository root (or pass --root). See CONTRIBUTING.md, "Submitting to the
-leaderboard", and the code in leaderboard/ (package muse_quant_leaderboard).
+leaderboard", and the code in harness_ext/leaderboard/.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
 
 
 def _build(args) -> int:
-    from muse_quant_leaderboard.builder import build
+    from ..leaderboard.builder import build
 
     for path in build(args.root, args.out):
         print(path)
@@ -77,13 +77,13 @@ def _build(args) -> int:
 
 def _check(args) -> int:
     if args.reproduce:
-        from muse_quant_leaderboard.check import reproduce
+        from ..leaderboard.check import reproduce
 
         ok, lines = reproduce(args.root, args.reproduce, pretrained=args.pretrained,
                               workdir=args.workdir)
         print("\n".join(lines))
         return 0 if ok else 1
-    from muse_quant_leaderboard.check import check
+    from ..leaderboard.check import check
 
     report = check(args.root)
     for note in report.notes:
@@ -101,7 +101,7 @@ def _check(args) -> int:
 
 
 def _add(args) -> int:
-    from muse_quant_leaderboard.add import add_entry, parse_hyperparameters
+    from ..leaderboard.add import add_entry, parse_hyperparameters
 
     path = add_entry(args.root, args.corpus, args.slug, args.results, args.checkpoint,
                      kind=args.kind, run_card=args.run_card, method=args.method,

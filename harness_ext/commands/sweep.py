@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from ..results import scheme_filename
-    from ..sweep import run_sweep
+    from ..io import scheme_filename
+    from ..evaluation.sweep import run_sweep
 
     batch = args.batch_size
     batch = int(batch) if batch is not None and str(batch).isdigit() else batch

@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..tiny import build_tiny_llama
+    from ..toy.tiny import build_tiny_llama
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import metrics, tiny, training
+from .. import metrics
+from ..toy import tiny, training
 from .config import ModelRecipe
 
 SPLITS = {"target": ("forget", "retain"), "retrain": ("retain",)}

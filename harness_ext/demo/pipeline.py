@@ -152,7 +152,7 @@ class DemoRun:
 
     def sweep(self, corpus: str, name: str, target: Path, unlearned: Path | None,
               schemes=None, tasks: str | None = None, folder: Path | None = None) -> Path:
-        from ..sweep import run_sweep
+        from ..evaluation.sweep import run_sweep
 
         folder = folder or self.out / corpus / "sweep" / name
         schemes = list(schemes or self.config.schemes)
@@ -178,7 +178,7 @@ class DemoRun:
     def diagnose(self, corpus: str, method: str, target: Path, unlearned: Path,
                  schemes=("bnb-fp4", "rtn:4:g64"), folder: Path | None = None,
                  dtype: str = "auto") -> dict:
-        from ..diagnostics import run_diagnose
+        from ..evaluation.diagnostics import run_diagnose
 
         folder = folder or self.out / corpus / "diagnose" / method
         with Stage(folder, f"diagnose {method}") as stage:

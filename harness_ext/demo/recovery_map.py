@@ -30,7 +30,7 @@ POINT_FILE = "point.json"
 
 
 def _verbmem(results_dir: Path, corpus: str) -> dict:
-    from ..results import load_results, metric, scheme_filename
+    from ..io import load_results, metric, scheme_filename
 
     return {s: metric(load_results(results_dir / scheme_filename(s)),
                       f"muse_{corpus}_verbmem_f", "verbmem_rougeL_f1") for s in SCHEMES}

@@ -55,8 +55,8 @@ def add_entries(demo, corpus: str, root: Path) -> None:
 
 def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict) -> dict:
     """Retained knowledge per method and scheme, the baseline average and the diagnose ratios."""
-    from muse_quant_leaderboard import scores
-    from muse_quant_leaderboard.validator import load_board
+    from ..leaderboard import scores
+    from ..leaderboard.validator import load_board
 
     board = load_board(root)
     (group,) = scores.groups(board, corpus)

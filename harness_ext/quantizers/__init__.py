@@ -12,7 +12,9 @@ from .base import QUANTIZERS, Calibration, Quantizer, parse_scheme, scheme_table
 def _discover() -> None:
     from ..registry import import_submodules
 
-    import_submodules(__name__, __path__)
+    from . import schemes
+
+    import_submodules(schemes.__name__, schemes.__path__)
 
 
 def available_schemes() -> list[tuple[str, str]]:

@@ -115,7 +115,7 @@ class Quantizer:
         The default writes :meth:`quantized_weights` back as float weights. Quantizers that
         swap modules (real bitsandbytes) override this, using helpers from ``weights.py``.
         """
-        from ..weights import write_weights
+        from .apply import write_weights
 
         return write_weights(model, self.quantized_weights(model, module_names, calibration),
                              progress=progress, desc=f"quantizing ({self.scheme})")

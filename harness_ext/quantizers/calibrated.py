@@ -137,7 +137,7 @@ class CalibratedQuantizer(Quantizer):
         from compressed_tensors.quantization.lifecycle.forward import fake_quantize
         from llmcompressor import oneshot
 
-        from ..compat import patch_llmcompressor_pin_memory
+        from .compat import patch_llmcompressor_pin_memory
 
         patch_llmcompressor_pin_memory()
         windows = calibration.windows
@@ -193,7 +193,7 @@ class CalibratedQuantizer(Quantizer):
 
     def _state(self, model, module_names, calibration) -> dict[str, torch.Tensor]:
         """The parameters to write: from ``quant_cache_dir`` when cached, else by :meth:`run`."""
-        from .. import quant_cache
+        from . import cache as quant_cache
 
         self._check_calibration(calibration)
         modules = dict(model.named_modules())
@@ -221,7 +221,7 @@ class CalibratedQuantizer(Quantizer):
         return result.state
 
     def apply(self, model, module_names, calibration=None, progress=False):
-        from ..weights import write_parameters
+        from .apply import write_parameters
 
         state = self._state(model, module_names, calibration)
         write_parameters(model, state, progress=progress, desc=f"writing {self.scheme}")

@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 
 from ..errors import MuseQuantError
-from .base import METHODS, UnlearningMethod, kl_to_reference, nll, sequence_logprob
+from .base import METHODS, UnlearningMethod
+from .losses import kl_to_reference, nll, sequence_logprob
 
 def _discover() -> None:
     from ..registry import import_submodules
 
-    import_submodules(__name__, __path__)
+    from . import methods
+
+    import_submodules(methods.__name__, methods.__path__)
     from .sure import register_sure_variants
 
     register_sure_variants()

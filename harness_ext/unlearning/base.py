@@ -24,11 +24,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MuseQuantError
 from ..registry import Registry
-from ..training import sequence_nll
 
 METHODS: Registry[type["UnlearningMethod"]] = Registry("unlearning method")
 
@@ -71,40 +69,3 @@ class UnlearningMethod:
     def hyperparameters(self) -> dict:
         """The method's own settings, for the run card."""
         return {"alpha": self.alpha, "beta": self.beta}
-
-
-# --------------------------------------------------------------------------------------
-# Loss terms shared by the methods (all averaged the way their docstrings say)
-# --------------------------------------------------------------------------------------
-
-def nll(model, batch) -> torch.Tensor:
-    """L_NLL: token-mean negative log-likelihood over all real tokens of the batch (HF's loss)."""
-    return sequence_nll(model, batch, "token_mean")
-
-
-def sequence_logprob(model, batch) -> torch.Tensor:
-    """log p(y|x) of each row: the SUM of its token log-probabilities (a vector, one per row)."""
-    return -sequence_nll(model, batch, "sum_per_sequence")
-
-
-@torch.no_grad()
-def reference_sequence_logprob(ref_model, batch) -> torch.Tensor:
-    return sequence_logprob(ref_model, batch)
-
-
-def kl_to_reference(model, ref_model, batch) -> torch.Tensor:
-    """KL(p_ref || p_theta) of the next-token distributions, averaged over real tokens.
-
-    For each position t whose target token is real (``labels[:, t+1] != -100``, the same
-    positions the NLL scores): sum over the vocabulary of p_ref * (log p_ref - log p_theta).
-    Computed from log-softmax of both models' logits (not ``kl_div`` on raw logits).
-    """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    with torch.no_grad():
-        ref_logits = ref_model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)
-    mask = (batch["labels"][:, 1:] != -100).float()
-    return (kl * mask).sum() / mask.sum().clamp(min=1)

@@ -198,7 +198,7 @@ def load_retain(cfg: UnlearnConfig, required: bool, method_name: str) -> TextSet
 
 
 def tokenize(tokenizer, texts: list[str], max_len: int, packing: str):
-    from ..training import TokenizedTexts
+    from ..data.tokenized import TokenizedTexts
 
     if packing == "muse":
         return TokenizedTexts.muse_chunks(tokenizer, texts, max_len)
@@ -441,7 +441,7 @@ class UnlearningRun:
                retain_sampler) -> None:
         from tqdm.auto import tqdm
 
-        from ..training import epoch_batches
+        from ..data.tokenized import epoch_batches
 
         cfg, method, state = self.cfg, self.method, self.state
         params = [p for _, p in trainable]
@@ -489,7 +489,7 @@ class UnlearningRun:
     @torch.no_grad()
     def _mean_nll(self, model, data) -> float:
         """Token-mean NLL over the whole set (all tokens weighted equally)."""
-        from ..training import sequence_nll
+        from .losses import sequence_nll
 
         total, count = 0.0, 0
         for i in range(0, len(data), self.cfg.batch_size):
@@ -566,7 +566,7 @@ class UnlearningRun:
 
     # ---------------------------------------------------------------- outputs
     def _save_weights(self, model, tokenizer, save_dtype) -> str:
-        from .. import weights
+        from .. import checkpoints
 
         self.out.mkdir(parents=True, exist_ok=True)
         name = CHECKPOINT_NAMES[self.cfg.save]
@@ -582,11 +582,11 @@ class UnlearningRun:
         from transformers import AutoModelForCausalLM
 
         original = AutoModelForCausalLM.from_pretrained(self.cfg.pretrained, dtype=save_dtype)
-        delta, patched = weights.weight_delta(model, original)
+        delta, patched = checkpoints.weight_delta(model, original)
         log.info("delta: %d tensors changed; %d elements near zero stored exactly",
                  sum(1 for k in delta if k in dict(original.named_parameters())), patched)
         del original
-        weights.save_delta(delta, self.out / name)
+        checkpoints.save_delta(delta, self.out / name)
         return name
 
     def command(self) -> list[str]:

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness_ext.errors import MuseQuantError
+from ..errors import MuseQuantError
 
 from . import builder
 from .validator import Board, Entry, corpus_group, load_board
@@ -96,7 +96,7 @@ def _command_options(name: str) -> set[str]:
     """Option strings accepted by ``muse-quant <name>``; raises when it is not a command here."""
     import argparse
 
-    from harness_ext.cli import commands
+    from ..cli import commands
 
     mods = commands()
     if name not in mods:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from harness_ext.errors import MuseQuantError
-from harness_ext.results import recorded_scheme, scheme_from_filename
+from ..errors import MuseQuantError
+from ..io import recorded_scheme, scheme_from_filename
 
 from .validator import (CORPORA, ENTRY_FILE, KINDS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR,
                         data_source_kind, load_board, load_entry, schema_problems,
@@ -143,7 +143,7 @@ def _warn_if_other_base(pretrained, target) -> None:
 HEADER = """\
 # Leaderboard entry, written by `muse-quant leaderboard add`.
 # Text fields may be edited; results/*.json must stay exactly as `muse-quant sweep` wrote them.
-# Schema: leaderboard/schema/entry.schema.json. Then run `muse-quant leaderboard check`.
+# Schema: harness_ext/leaderboard/entry.schema.json. Then run `muse-quant leaderboard check`.
 """
 
 

@@ -1,6 +1,6 @@
 """Load and validate leaderboard submissions (``submissions/<corpus>/<slug>/``).
 
-An entry is ``entry.yaml`` (checked against ``schema/entry.schema.json``) and
+An entry is ``entry.yaml`` (checked against ``entry.schema.json`` (beside this module)) and
 ``results/<scheme>.json`` (lm-eval results files written by ``muse-quant sweep``, unedited). Checks:
 
 * layout: only ``entry.yaml`` and ``results/*.json``, regular files (no links), size caps;
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from harness_ext.errors import MuseQuantError
-from harness_ext.results import recorded_scheme, scheme_filename, scheme_from_filename
+from ..errors import MuseQuantError
+from ..io import recorded_scheme, scheme_filename, scheme_from_filename
 
 from . import SCHEMA_PATH
 
@@ -170,7 +170,7 @@ def _current_tasks_cached(tasks_dir: str) -> dict:
 def current_tasks(tasks_dir: str | None = None) -> dict[str, object]:
     """``{task or group name: metadata.version}`` from the task YAMLs (``include:`` resolved)."""
     if tasks_dir is None:
-        from harness_ext.plugin import tasks_dir as _tasks_dir
+        from ..plugin import tasks_dir as _tasks_dir
 
         tasks_dir = _tasks_dir()
     return dict(_current_tasks_cached(str(tasks_dir)))
@@ -273,7 +273,7 @@ def _schema_validator():
 def schema_problems(meta, where: str) -> list[str]:
     """JSON Schema errors of an ``entry.yaml`` document, one readable line each."""
     if not isinstance(meta, dict):
-        return [f"{where}: must be a mapping of keys to values (see schema/entry.schema.json)"]
+        return [f"{where}: must be a mapping of keys to values (see harness_ext/leaderboard/entry.schema.json)"]
     validator = _schema_validator()
     allowed = sorted(validator.schema["properties"])
     out = []

@@ -28,8 +28,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MuseQuantError
-from .results import load_results, recorded_scheme, scheme_filename, write_json
+from ..errors import MuseQuantError
+from ..io import load_results, recorded_scheme, scheme_filename, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SweepResult:
 
 def parse_scheme_list(text) -> list[str]:
     """``"none,bnb-fp4,rtn:4:g128"`` -> validated scheme strings (errors before any loading)."""
-    from .quantizers import parse_scheme
+    from ..quantizers import parse_scheme
 
     items = text if isinstance(text, (list, tuple)) else str(text or "").split(",")
     schemes = [s.strip() for s in items if s and s.strip()]
@@ -142,7 +142,7 @@ def check_tasks(tasks: list[str]) -> None:
     """Fail before loading anything when a task name is unknown."""
     from lm_eval.tasks import TaskManager
 
-    from .plugin import tasks_dir
+    from ..plugin import tasks_dir
 
     known = set(TaskManager(include_path=tasks_dir(),
                             include_defaults=_scan_builtins(tasks)).all_tasks)
@@ -160,7 +160,7 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from .plugin import tasks_dir
+    from ..plugin import tasks_dir
 
     scheme_args = {**model_args, "quant": scheme}
     task_manager = TaskManager(include_path=tasks_dir(), include_defaults=_scan_builtins(tasks),
@@ -218,10 +218,10 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
     if limit is not None:
         limit = float(limit)
         limit = int(limit) if limit.is_integer() else limit
-    from .quantizers import parse_scheme
+    from ..quantizers import parse_scheme
 
     if any(parse_scheme(s).needs_calibration for s in schemes):
-        from .calibration import validate_calib
+        from ..quantizers.calibration import validate_calib
 
         validate_calib(**{k: v for k, v in model_args.items() if k.startswith("calib")})
     out = Path(output_path).expanduser()
@@ -255,7 +255,7 @@ def _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batc
     import torch
     from tqdm.auto import tqdm
 
-    from .lm import MuseQuantLM
+    from ..lm import MuseQuantLM
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

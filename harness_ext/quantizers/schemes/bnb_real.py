@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import MuseQuantError
-from .base import QUANTIZERS, Quantizer
+from ...errors import MuseQuantError
+from ..base import QUANTIZERS, Quantizer
 from .bnb_fake import blockwise_4bit_step
 
 BLOCK_4BIT = 64  # transformers' BitsAndBytesConfig has no block-size option; bitsandbytes' default
@@ -85,7 +85,7 @@ class _BnbReal(Quantizer):
         raise NotImplementedError
 
     def apply(self, model, module_names, calibration=None, progress=False):
-        from ..weights import swap_module
+        from ..apply import swap_module
 
         modules = dict(model.named_modules())
         names = list(module_names)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
-from ..errors import MuseQuantError
+from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
+from ...errors import MuseQuantError
 
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import QUANTIZERS, Quantizer
+from ..base import QUANTIZERS, Quantizer
 
 
 @QUANTIZERS.register("none")

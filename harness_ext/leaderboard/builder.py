@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from harness_ext.errors import MuseQuantError
+from ..errors import MuseQuantError
 
 from . import scores
 from .scores import FULL, FOUR_BIT, PAPER_AVERAGE, PRECISIONS, Group

@@ -11,8 +11,8 @@ and the write-back.
 
 from __future__ import annotations
 
-from .base import QUANTIZERS
-from .calibrated import CalibratedQuantizer
+from ..base import QUANTIZERS
+from ..calibrated import CalibratedQuantizer
 
 
 @QUANTIZERS.register("gptq")

@@ -36,7 +36,7 @@ TINY_DEFAULTS = dict(
 
 
 def _tokenizer_training_texts() -> list[str]:
-    from .data import embedded
+    from ..data import embedded
 
     texts: list[str] = []
     for flavour in embedded.FLAVOURS:

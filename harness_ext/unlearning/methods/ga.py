@@ -13,7 +13,8 @@ Models", Sec. 4 / App. "Unlearning methods"):
 
 from __future__ import annotations
 
-from .base import METHODS, UnlearningMethod, kl_to_reference, nll
+from ..base import METHODS, UnlearningMethod
+from ..losses import kl_to_reference, nll
 
 
 @METHODS.register("ga")

@@ -32,8 +32,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import MuseQuantError
-from .quantizers.base import Calibration
+from ..errors import MuseQuantError
+from .base import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _wikitext() -> tuple[list[str] | None, str | None]:
 def validate_calib(calib: str = "generic", calib_corpus: str = "news", calib_samples=128,
                    calib_seqlen=512, **_ignored) -> None:
     """Cheap checks of the calib* arguments (before any model is loaded)."""
-    from .data import CORPORA
+    from ..data import CORPORA
 
     calib = str(calib or "generic").strip()
     if calib not in CALIB_CHOICES and not Path(calib).expanduser().is_file():
@@ -94,7 +94,7 @@ def validate_calib(calib: str = "generic", calib_corpus: str = "news", calib_sam
 
 
 def _texts_for(calib: str, corpus: str, data: str) -> tuple[list[str], dict]:
-    from .data import embedded, load_file, load_texts, source_label
+    from ..data import embedded, load_file, load_texts, source_label
 
     if calib == "generic":
         texts, reason = _wikitext()

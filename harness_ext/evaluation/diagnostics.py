@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MuseQuantError
+from ..errors import MuseQuantError
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes:
     """Compare the target ``model_o`` and unlearned ``model_u`` under each scheme."""
     from tqdm.auto import tqdm
 
-    from .quantizers import parse_scheme
-    from .weights import quantizable_linear_names
+    from ..quantizers import parse_scheme
+    from ..quantizers.apply import quantizable_linear_names
 
     quantizers = [parse_scheme(s) for s in schemes]  # validate all before any work
     names = quantizable_linear_names(model_o, include_lm_head)
@@ -179,7 +179,7 @@ def load_pair(pretrained: str, unlearned: str, dtype: str = "auto", device: str 
     """``(target model, unlearned model, tokenizer, unlearned report)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .weights import apply_unlearned, detect_checkpoint_kind
+    from ..checkpoints import apply_unlearned, detect_checkpoint_kind
 
     detect_checkpoint_kind(unlearned)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -216,7 +216,7 @@ def run_diagnose(pretrained: str, unlearned: str, schemes: list[str], out: str |
                  dtype: str = "auto", device: str = "cpu", include_lm_head: bool = False,
                  allow_pickle: bool = False, plot_format: str = "png", **calib_args) -> dict:
     """Load both models, diagnose every scheme, write ``diagnose.json`` and the plot."""
-    from .quantizers import parse_scheme
+    from ..quantizers import parse_scheme
 
     quantizers = [parse_scheme(s) for s in schemes]
     out_dir = Path(out).expanduser() if out else None
@@ -225,20 +225,20 @@ def run_diagnose(pretrained: str, unlearned: str, schemes: list[str], out: str |
                              "choose another --out (results are never overwritten)")
     needs_calibration = any(q.needs_calibration for q in quantizers)
     if needs_calibration:
-        from .calibration import validate_calib
+        from ..quantizers.calibration import validate_calib
 
         validate_calib(**calib_args)
     target, unlearned_model, tokenizer, unlearned_report = load_pair(
         pretrained, unlearned, dtype=dtype, device=device, allow_pickle=allow_pickle)
     calibration = None
     if needs_calibration:
-        from .calibration import build_calibration
+        from ..quantizers.calibration import build_calibration
 
         calibration = build_calibration(tokenizer, **calib_args)
     report = diagnose_models(target, unlearned_model, schemes, calibration, include_lm_head)
     report = {"pretrained": str(pretrained), "unlearned": unlearned_report, **report}
     if out_dir is not None:
-        from .results import write_json
+        from ..io import write_json
 
         write_json(out_dir / "diagnose.json", report)
         plot_survival(report, out_dir / f"survival.{plot_format}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import QUANTIZERS
-from .calibrated import CalibratedQuantizer
+from ..base import QUANTIZERS
+from ..calibrated import CalibratedQuantizer
 
 
 def fold_scales(original: torch.Tensor, scaled: torch.Tensor, max_iterations: int = 200,

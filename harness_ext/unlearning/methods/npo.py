@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import (METHODS, UnlearningMethod, kl_to_reference, nll, reference_sequence_logprob,
-                   sequence_logprob)
+from ..base import METHODS, UnlearningMethod
+from ..losses import kl_to_reference, nll, reference_sequence_logprob, sequence_logprob
 
 
 def npo_loss(model, ref_model, batch, beta: float):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import QUANTIZERS, Quantizer, bad_scheme, parse_options
+from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_options
 
 NF4_CODE = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
