@@ -275,8 +275,9 @@ def save_delta(delta: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write a delta as one ``.safetensors`` file (atomically)."""
     from safetensors.torch import save_file
 
+    from .io import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(delta, str(tmp), metadata={"format": "pt", "muse_quant": "theta_u - theta_o"})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(delta, str(tmp), metadata={"format": "pt", "muse_quant": "theta_u - theta_o"})
     return path

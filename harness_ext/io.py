@@ -1,4 +1,7 @@
-"""lm-eval results files as this project writes and reads them (sweeps, leaderboard, demo).
+"""Small shared helpers, one of each: atomic writes, results files, scheme <-> file name,
+``model_args`` parsing.
+
+lm-eval results files as this project writes and reads them (sweeps, leaderboard, demo):
 
 A sweep writes one lm-eval results JSON per quantization scheme, named by
 :func:`scheme_filename` (``bnb-fp4`` -> ``bnb-fp4.json``, ``rtn:4:g128`` -> ``rtn_4_g128.json``;
@@ -8,6 +11,9 @@ scheme names never contain ``_``, so the mapping is reversible).
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MuseQuantError
@@ -49,12 +55,33 @@ def metric(results: dict, task: str, key: str, filter_name: str = "none"):
     return (results.get("results", {}).get(task) or {}).get(f"{key},{filter_name}")
 
 
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write atomically (temp file + rename), so an interrupted run never leaves half a file."""
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a unique temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    An interrupted or failed write never leaves half a file at ``path``, and two processes
+    writing the same file never share a temporary name. The temporary name keeps the suffix
+    (``savefig`` and ``save_file`` read the format from it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    tmp.replace(path)
-    return path
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write JSON atomically (temp file + rename), so an interrupted run never leaves half a file."""
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+    return write_bytes(path, text.encode("utf-8"))

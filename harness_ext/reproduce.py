@@ -21,12 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MuseQuantError
-
-CORPORA = ("news", "books")
+from .recipes import CORPORA, PAPER_SCHEMES as DEFAULT_QUANT, REQUIRED_SCHEMES, paper_hyperparameters
 BASE_METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
 ALL_METHODS = BASE_METHODS + tuple(f"{m}_sure" for m in BASE_METHODS)
-DEFAULT_QUANT = ("none", "bnb-int8", "bnb-fp4", "gptq:4", "awq:4")
-REQUIRED_SCHEMES = ("none", "bnb-int8", "bnb-fp4")  # leaderboard entries need these
 HUB = {"news": ("muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain"),
        "books": ("muse-bench/MUSE-Books_target", "muse-bench/MUSE-Books_retrain")}
 
@@ -41,23 +38,6 @@ FORGET_TOKENS = {"news": 0.82e6, "books": 1.1e6}
 CHARS_PER_TOKEN = 4.0
 #: Evaluation per corpus (100 items per MUSE file): prompt tokens prefilled, tokens generated.
 EVAL_ITEMS = {"verbmem": (100, 1000, 128), "knowmem": (200, 400, 32), "privleak": (200, 2000, 0)}
-
-
-def paper_hyperparameters(corpus: str, method: str, sure_threshold: str | None = None) -> dict:
-    """The unlearning settings of the paper / MUSE for one method (see the printed plan)."""
-    base = method[:-len("_sure")] if method.endswith("_sure") else method
-    hp = {"epochs": 10 if corpus == "news" else 5, "lr": 1e-5, "alpha": 1.0}
-    if corpus == "books":  # MUSE's BOOKS alphas (others: MUSE's default 1)
-        hp["alpha"] = {"ga_gdr": 100.0, "npo_klr": 2.0}.get(base, 1.0)
-    if method.endswith("_sure"):
-        # The paper: lr 1e-4; 90th percentile with alpha 20 (NPO_KLR), 99th with alpha 400 (GA_GDR).
-        # The other SURE variants keep their base alpha and MUSE-quant's default threshold 90.
-        hp["lr"] = 1e-4
-        hp["sure_threshold"] = {"ga_gdr": "99", "npo_klr": "90"}.get(base, "90")
-        hp["alpha"] = {"ga_gdr": 400.0, "npo_klr": 20.0}.get(base, hp["alpha"])
-        if sure_threshold is not None:
-            hp["sure_threshold"] = str(sure_threshold)
-    return hp
 
 
 # ------------------------------------------------------------------------------ estimates

@@ -166,11 +166,12 @@ def plot_survival(report: dict, path: str | Path) -> Path:
     if report["schemes"]:
         ax.legend(fontsize=8)
     fig.tight_layout()
+    from ..io import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

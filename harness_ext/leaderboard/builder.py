@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import MuseQuantError
+from ..io import write_bytes
 
 from . import scores
 from .scores import FULL, FOUR_BIT, PAPER_AVERAGE, PRECISIONS, Group
@@ -348,8 +349,6 @@ def build(root: str | Path, out: str | Path | None = None, board: Board | None =
     for name, content in render(board).items():
         path = out / name
         if not path.is_file() or path.read_bytes() != content:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(content)
-            tmp.replace(path)
+            write_bytes(path, content)
         written.append(path)
     return written

@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..recipes import REQUIRED_SCHEMES
 from .validator import Board, Entry
 
 # (scheme, column label); full, 8-bit and FP4 are on every entry, GPTQ/AWQ shown when present
 PRECISIONS = (("none", "full"), ("bnb-int8", "8-bit"), ("bnb-fp4", "4-bit FP4"),
               ("gptq:4", "GPTQ-4"), ("awq:4", "AWQ-4"))
-ALWAYS_SHOWN = ("none", "bnb-int8", "bnb-fp4")
 FULL = "none"
 FOUR_BIT = ("bnb-fp4", "gptq:4", "awq:4")
 SORT_SCHEME = "bnb-fp4"
@@ -100,7 +100,7 @@ def groups(board: Board, corpus: str) -> list[Group]:
         methods = [e for e in members if e.kind == "method"]
         everyone = [target, *retrain, *methods]
         schemes = [s for s, _ in PRECISIONS
-                   if s in ALWAYS_SHOWN or any(s in e.results for e in everyone)]
+                   if s in REQUIRED_SCHEMES or any(s in e.results for e in everyone)]
         group = Group(corpus, target, [target, *retrain], [], schemes)
         group.methods = sorted(methods, key=lambda e: sort_key(group, e))
         out.append(group)

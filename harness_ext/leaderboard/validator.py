@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import MuseQuantError
+from ..recipes import REQUIRED_SCHEMES
 from ..io import recorded_scheme, scheme_filename, scheme_from_filename
 
 from . import SCHEMA_PATH
@@ -43,7 +44,6 @@ MAX_RESULTS_BYTES = 2 * 1024 * 1024
 MAX_RESULTS_FILES = 16
 SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 # Schemes every entry must have: the board's full / 8-bit / 4-bit columns.
-REQUIRED_SCHEMES = ("none", "bnb-int8", "bnb-fp4")
 # board column -> (task suffix, lm-eval metric key); the MUSE metrics the board shows
 METRICS = {
     "verbmem_f": ("verbmem_f", "verbmem_rougeL_f1"),

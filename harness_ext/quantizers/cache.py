@@ -83,10 +83,10 @@ def load(cache_dir, key: str) -> tuple[dict[str, torch.Tensor], dict] | None:
 def save(cache_dir, key: str, state: dict[str, torch.Tensor], info: dict) -> Path:
     from safetensors.torch import save_file
 
+    from ..io import atomic_path
+
     path = entry_path(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
-    save_file(tensors, str(tmp), metadata={"muse_quant": json.dumps(info, default=str)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"muse_quant": json.dumps(info, default=str)})
     return path

@@ -26,6 +26,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import MuseQuantError
+from ..recipes import MUSE_LR
 from ..registry import Registry
 
 METHODS: Registry[type["UnlearningMethod"]] = Registry("unlearning method")
@@ -41,7 +42,7 @@ class UnlearningMethod:
     #: the trainer passes the frozen target (``ref_model``) when True, else None
     needs_reference: ClassVar[bool] = False
     #: learning rate used when ``--lr`` is not given (MUSE: 1e-5)
-    default_lr: ClassVar[float] = 1e-5
+    default_lr: ClassVar[float] = MUSE_LR
     #: True for the generated ``<name>_sure`` variants (see :mod:`.sure`)
     sure: ClassVar[bool] = False
     #: the registered name; set by the registry decorator's caller or :func:`method_name`

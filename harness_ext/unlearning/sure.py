@@ -33,12 +33,10 @@ import numpy as np
 import torch
 
 from ..errors import MuseQuantError
+from ..recipes import SURE_LR, SURE_SUFFIX as SUFFIX
 from .base import METHODS, UnlearningMethod
 
-SUFFIX = "_sure"
-SURE_LR = 1e-4
 GRANULARITIES = ("module", "neuron")
-DEFAULT_THRESHOLD = "90"
 
 
 # --------------------------------------------------------------------------------------

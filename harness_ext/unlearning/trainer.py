@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 
 from ..errors import MuseQuantError
+from ..recipes import MUSE_EPOCHS as DEFAULT_EPOCHS
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed")
 SAVE_FORMATS = ("full", "delta")
 PACKINGS = ("muse", "documents")
-DEFAULT_EPOCHS = {"news": 10, "books": 5}
 RUN_CARD = "run_card.json"
 RESUME_DIR = "resume"
 SURE_ROWS = "sure_rows.safetensors"
@@ -115,9 +115,9 @@ def texts_sha256(texts: list[str]) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    from ..io import write_json
+
+    write_json(path, obj)
 
 
 def _resolve_device(name: str) -> torch.device:

@@ -1,0 +1,55 @@
+"""The published settings this project reproduces, in one place: MUSE's and the paper's.
+
+Data only (no torch, no imports of the registries): the demo, ``muse-quant reproduce`` and
+``muse-quant leaderboard check --reproduce`` read their defaults from here, so a setting is
+written once. Method and scheme names appear here the way they appear in a paper's table.
+
+Sources:
+* MUSE (Shi et al. 2024): lr 1e-5, 10 epochs on NEWS and 5 on BOOKS, alpha 1 except on BOOKS
+  (GA_GDR 100, NPO_KLR 2), NPO beta 0.1.
+* Zhang et al. (ICLR 2025), Sec. 5: SURE with lr 1e-4; the 90th saliency percentile with alpha 20
+  (NPO_KLR) and the 99th with alpha 400 (GA_GDR); the other SURE variants keep their base alpha
+  and this project's default threshold (90).
+"""
+
+from __future__ import annotations
+
+CORPORA = ("news", "books")
+
+#: MUSE's unlearning settings
+MUSE_LR = 1e-5
+MUSE_EPOCHS = {"news": 10, "books": 5}
+MUSE_ALPHA = {"news": {}, "books": {"ga_gdr": 100.0, "npo_klr": 2.0}}  # default 1
+NPO_BETA = 0.1
+
+#: SURE (the paper's fix)
+SURE_SUFFIX = "_sure"
+SURE_LR = 1e-4
+SURE_DEFAULT_THRESHOLD = "90"
+SURE_PAPER = {"ga_gdr": {"sure_threshold": "99", "alpha": 400.0},
+              "npo_klr": {"sure_threshold": "90", "alpha": 20.0}}
+
+#: the quantization schemes of the paper's tables (``reproduce`` evaluates these by default)
+PAPER_SCHEMES = ("none", "bnb-int8", "bnb-fp4", "gptq:4", "awq:4")
+#: every leaderboard entry must have results at these (full precision, 8-bit, 4-bit)
+REQUIRED_SCHEMES = ("none", "bnb-int8", "bnb-fp4")
+
+
+def base_method(method: str) -> str:
+    """``npo_klr_sure`` -> ``npo_klr``."""
+    return method[:-len(SURE_SUFFIX)] if method.endswith(SURE_SUFFIX) else method
+
+
+def paper_hyperparameters(corpus: str, method: str, sure_threshold: str | None = None) -> dict:
+    """The unlearning settings of the paper / MUSE for one method (see the printed plan)."""
+    base = base_method(method)
+    hp = {"epochs": MUSE_EPOCHS[corpus], "lr": MUSE_LR,
+          "alpha": MUSE_ALPHA[corpus].get(base, 1.0)}
+    if method.endswith(SURE_SUFFIX):
+        hp["lr"] = SURE_LR
+        paper = SURE_PAPER.get(base, {})
+        hp["sure_threshold"] = paper.get("sure_threshold", SURE_DEFAULT_THRESHOLD)
+        hp["alpha"] = paper.get("alpha", hp["alpha"])
+        if sure_threshold is not None:
+            hp["sure_threshold"] = str(sure_threshold)
+    return hp
