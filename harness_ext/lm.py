@@ -10,22 +10,20 @@ Min-K%) and decoding (MUSE's ``clean_up_tokenization_spaces=True``) are overridd
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
-import lm_eval.models  # noqa: F401  (import the built-ins first so `hf` stays registered)
 from lm_eval import utils as lm_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from . import checkpoints
-from .quantizers import apply as qapply
 from .errors import MuseQuantError
-from .quantizers import parse_scheme
+from .quantizers import apply as qapply
+from .quantizers import compat, parse_scheme
 
 log = logging.getLogger(__name__)
+compat.load_lm_eval_builtin_models()  # before @register_model below
 
 #: model_args this wrapper adds to HFLM's
 MUSE_MODEL_ARGS = ("unlearned", "quant", "quant_lm_head", "allow_pickle", "keep_float_weights",
@@ -79,7 +77,7 @@ class MuseQuantLM(HFLM):
                             "calib_seqlen": calib_seqlen, "calib_corpus": calib_corpus,
                             "calib_data": calib_data, "quant_cache_dir": quant_cache_dir}
         self._calibration_built = None
-        if self._quantizer.needs_calibration:
+        if self._quantizer.info.needs_calibration:
             from .quantizers.calibration import validate_calib
 
             validate_calib(**self._calib_args)
@@ -87,28 +85,9 @@ class MuseQuantLM(HFLM):
         # module / parameter names the last quantization changed (None: unknown, restore all)
         self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
-        if kwargs.get("delta"):
-            raise MuseQuantError("muse_quant does not use lm-eval's delta= (it adds tied weights "
-                                 "twice)", "pass the delta as unlearned=<file>.safetensors")
+        compat.refuse_lm_eval_delta(kwargs)
         super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token), **kwargs)
-        self._adopt_cpu_data_parallel()
-
-    def _adopt_cpu_data_parallel(self) -> None:
-        """Take rank / world size from accelerate when launched as several CPU processes.
-
-        HFLM (lm-eval 0.4.13) keeps the Accelerator of a multi-process launch but sets
-        ``_rank`` / ``_world_size`` only when it counts more than one GPU, so on CPU every process
-        believed it was rank 0 of 1 and evaluated every document. With the real rank, lm-eval
-        splits the documents, gathers the per-document results to rank 0 (gloo) and only rank 0
-        writes the results.
-        """
-        accelerator = getattr(self, "accelerator", None)
-        if accelerator is None or accelerator.num_processes <= 1 or self._world_size > 1:
-            return
-        self._rank = accelerator.process_index
-        self._world_size = accelerator.num_processes
-        log.info("data parallel on %s: rank %d of %d", accelerator.device, self._rank,
-                 self._world_size)
+        compat.adopt_cpu_data_parallel(self)
 
     # ---------------------------------------------------------------- model creation
     def _create_model(self, pretrained, **kwargs):
@@ -126,7 +105,7 @@ class MuseQuantLM(HFLM):
         self._changed = set(report["modules"]) | set(report.get("other_parameters_changed", []))
 
     def _calibration(self, quantizer):
-        if not quantizer.needs_calibration:
+        if not quantizer.info.needs_calibration:
             return None
         if self._calibration_built is None:  # built once per model (sweeps reuse it)
             from .quantizers.calibration import build_calibration
@@ -233,11 +212,8 @@ class MuseQuantLM(HFLM):
 
     # ---------------------------------------------------------------- results metadata
     def get_model_info(self) -> dict:
-        if isinstance(self.pretrained, str) and os.path.isdir(self.pretrained):
-            info = {"model_num_parameters": sum(p.numel() for p in self._model.parameters()),
-                    "model_dtype": str(next(self._model.parameters()).dtype),
-                    "model_revision": self.revision, "model_sha": ""}
-        else:
+        info = compat.local_model_info(self)
+        if info is None:
             info = super().get_model_info()
         info["muse_quant"] = {**self.muse_info, "pretrained": str(self.pretrained),
                               "add_bos_token": self.add_bos_token}

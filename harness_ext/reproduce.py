@@ -122,7 +122,9 @@ def estimate(kind: str, shape: dict, a: Assumptions, *, method: str = "", corpus
             gen += n * new
         seconds = 2 * p * prefill / (a.tflops * 1e12) + \
             (gen / a.eval_batch) * (2 * p) / (a.hbm_tbs * 1e12)
-        if scheme.split(":")[0] in ("gptq", "awq"):
+        from .quantizers import describe_scheme
+
+        if describe_scheme(scheme).needs_calibration:
             seconds += a.calib_minutes_7b * 60 * p / 6.74e9
         kv = a.eval_batch * 4096 * 2 * layers * h * 2  # bf16 K and V, 4096-token context
         logits = a.eval_batch * 4096 * vocab * 4

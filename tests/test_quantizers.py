@@ -1,11 +1,15 @@
 """Each quantization scheme on hand-made tensors (exact outputs), bit-exactness against
 bitsandbytes, and the error paths."""
 
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from harness_ext.errors import MuseQuantError
-from harness_ext.quantizers import available_schemes, parse_scheme
+from harness_ext.quantizers import QUANTIZERS, available_schemes, describe_scheme, parse_scheme
 
 
 def q(scheme, values):
@@ -114,10 +118,11 @@ def test_quantizers_keep_shape_and_dtype():
     ("", "empty scheme"),
 ])
 def test_bad_schemes_list_valid_ones(scheme, problem):
-    with pytest.raises(MuseQuantError) as err:
-        parse_scheme(scheme)
-    assert problem in str(err.value)
-    assert "rtn:N[:g<size>][:asym]" in err.value.fix and "bnb-fp4[:b<size>]" in err.value.fix
+    for parse in (parse_scheme, describe_scheme):  # describing validates the same way
+        with pytest.raises(MuseQuantError) as err:
+            parse(scheme)
+        assert problem in str(err.value)
+        assert "rtn:N[:g<size>][:asym]" in err.value.fix and "bnb-fp4[:b<size>]" in err.value.fix
 
 
 def test_group_size_must_divide_columns():
@@ -127,7 +132,65 @@ def test_group_size_must_divide_columns():
 
 
 def test_scheme_listing():
-    usages = [u for u, _ in available_schemes()]
+    rows = available_schemes()
+    usages = [u for _, u, _ in rows]
     for expected in ["none", "rtn-seed:N", "rtn:N[:g<size>][:asym]", "bnb-nf4[:b<size>]",
                      "bnb-fp4[:b<size>]", "bnb-int8"]:
         assert expected in usages
+    families = [f for f, _, _ in rows]
+    assert families == sorted(families) and "" not in families  # grouped, every scheme has one
+
+
+# One example per registered scheme, with its expected (bits, needs_calibration, fake, label).
+# A new scheme must be added here (the test below fails until it is).
+SCHEME_EXPECTATIONS = {
+    "none": (None, False, True, "full"),
+    "rtn-seed:4": (4, False, True, "paper RTN-4"),
+    "rtn:3:g64:asym": (3, False, True, "RTN-3 g64 asym"),
+    "bnb-nf4": (4, False, True, "4-bit NF4"),
+    "bnb-fp4:b128": (4, False, True, "4-bit FP4 b128"),
+    "bnb-int8": (8, False, True, "8-bit"),
+    "bnb-nf4-real": (4, False, False, "4-bit NF4 (bnb kernels)"),
+    "bnb-fp4-real": (4, False, False, "4-bit FP4 (bnb kernels)"),
+    "bnb-int8-real": (8, False, False, "8-bit (LLM.int8 kernels)"),
+    "gptq:4": (4, True, True, "GPTQ-4"),
+    "awq:2:g32": (2, True, True, "AWQ-2 g32"),
+}
+
+
+def test_every_registered_scheme_is_described():
+    assert sorted(s.split(":")[0] for s in SCHEME_EXPECTATIONS) == QUANTIZERS.names()
+    listed = {usage: (family, summary) for family, usage, summary in available_schemes()}
+    for scheme, (bits, needs_calibration, fake, label) in SCHEME_EXPECTATIONS.items():
+        info = describe_scheme(scheme)
+        assert (info.bits, info.needs_calibration, info.fake, info.label) == \
+            (bits, needs_calibration, fake, label), scheme
+        assert info.scheme == scheme and info.name == scheme.split(":")[0]
+        assert listed[info.usage] == (info.family, info.summary) and info.modules, scheme
+        # the description agrees with what the results JSON records about the scheme
+        recorded = parse_scheme(scheme).describe()
+        assert recorded["family"] == info.name and recorded["summary"] == info.summary
+        assert recorded.get("bits") == bits, scheme
+
+
+def test_scheme_description_by_hand():
+    gptq = describe_scheme("gptq:4")
+    assert (gptq.bits, gptq.needs_calibration) == (4, True)
+    assert gptq.family == "calibrated (llmcompressor)" == describe_scheme("awq:4").family
+    int8 = describe_scheme(" bnb-int8 ")
+    assert (int8.scheme, int8.bits, int8.needs_calibration) == ("bnb-int8", 8, False)
+    assert describe_scheme("none").bits is None and describe_scheme("none").modules == "nothing"
+    assert "RMSNorm" in describe_scheme("awq:4").modules  # AWQ also rescales the norms
+    assert describe_scheme("rtn:4").modules == describe_scheme("bnb-fp4").modules
+    assert "LM head" in describe_scheme("rtn:4").modules
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        gptq.bits = 8
+
+
+def test_describing_needs_no_torch():
+    code = ("import sys; from harness_ext.quantizers import describe_scheme, available_schemes; "
+            f"infos = [describe_scheme(s) for s in {sorted(SCHEME_EXPECTATIONS)!r}]; "
+            "available_schemes(); print(sorted(m for m in sys.modules if m.split('.')[0] == "
+            "'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

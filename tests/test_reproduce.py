@@ -98,6 +98,27 @@ def test_estimates_follow_the_documented_formulas():
     assert estimate("eval", LLAMA2_7B, a, scheme="gptq:4").hours > full_eval.hours
 
 
+def test_calibration_cost_follows_the_scheme_description(monkeypatch):
+    from harness_ext.quantizers import QUANTIZERS, Quantizer, describe_scheme
+
+    a = Assumptions(calib_minutes_7b=10.0)
+    full = estimate("eval", LLAMA2_7B, a).hours
+    calib_hours = 10 / 60  # 10 min per 6.74e9 params (Llama-2-7B has 6.74e9)
+    for scheme in ("gptq:4", "awq:3:g64"):
+        assert estimate("eval", LLAMA2_7B, a, scheme=scheme).hours == \
+            pytest.approx(full + calib_hours), scheme
+    for scheme in ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "bnb-nf4-real"):
+        assert estimate("eval", LLAMA2_7B, a, scheme=scheme).hours == full, scheme
+
+    class Calibrated(Quantizer):  # a scheme with a new name: only its description says it
+        usage, summary, family, needs_calibration = "zz-test", "test", "test", True
+
+    describe_scheme("none")  # discover the real schemes first
+    monkeypatch.setitem(QUANTIZERS._items, "zz-test", Calibrated)
+    assert estimate("eval", LLAMA2_7B, a, scheme="zz-test").hours == \
+        pytest.approx(full + calib_hours)
+
+
 def test_model_shape_counts_a_local_model_exactly(small_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -14,7 +14,6 @@ lm-eval's ~14k built-in tasks are not scanned when every requested task is a ``m
 from __future__ import annotations
 
 import os
-import sys
 
 NAME = "eval"
 HELP = "lm_eval with the MUSE tasks and the muse_quant model registered"
@@ -46,33 +45,12 @@ def _has_metadata_key(argv: list[str], key: str) -> bool:
     return False
 
 
-def install_task_manager(scan_builtins: bool) -> None:
-    """Make lm-eval's TaskManager always include our tasks (and skip built-ins if asked)."""
-    import lm_eval.tasks as lm_tasks
-
-    from ..plugin import tasks_dir
-
-    base = getattr(lm_tasks.TaskManager, "_muse_base", lm_tasks.TaskManager)
-
-    class MuseTaskManager(base):  # type: ignore[misc, valid-type]
-        _muse_base = base
-
-        def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
-            paths = [] if include_path is None else (
-                [include_path] if isinstance(include_path, str) else list(include_path))
-            if tasks_dir() not in paths:
-                paths.append(tasks_dir())
-            super().__init__(*args, include_path=paths,
-                             include_defaults=include_defaults and scan_builtins, **kwargs)
-
-    lm_tasks.TaskManager = MuseTaskManager
-
-
 def run(args) -> int:
     argv = list(args.lm_eval_args)
     if argv and argv[0] == "run":
         argv = argv[1:]
     from ..plugin import register
+    from ..quantizers.compat import install_task_manager, run_lm_eval_cli
 
     register()
     tasks = _task_names(argv)
@@ -81,12 +59,5 @@ def run(args) -> int:
     install_task_manager(scan_builtins=scan)
     if os.environ.get("MUSE_DATA") and not _has_metadata_key(argv, "muse_data"):
         argv += ["--metadata", f"muse_data={os.environ['MUSE_DATA']}"]
-    from lm_eval.__main__ import cli_evaluate
-
-    old_argv = sys.argv
-    sys.argv = ["lm-eval", "run", *argv]
-    try:
-        cli_evaluate()
-    finally:
-        sys.argv = old_argv
+    run_lm_eval_cli(argv)
     return 0

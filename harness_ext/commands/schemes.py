@@ -14,7 +14,11 @@ def run(args) -> int:
     from ..quantizers import available_schemes
 
     rows = available_schemes()
-    width = max(len(usage) for usage, _ in rows)
-    for usage, summary in rows:
-        print(f"{usage:<{width}}  {summary}")
+    width = max(len(usage) for _, usage, _ in rows)
+    family = None
+    for row_family, usage, summary in rows:
+        if row_family != family:
+            print(("\n" if family is not None else "") + f"{row_family}:")
+            family = row_family
+        print(f"  {usage:<{width}}  {summary}")
     return 0

@@ -30,7 +30,7 @@ the block's absmax, see :func:`harness_ext.quantizers.bnb_fake.blockwise_4bit_st
 (the first ``.<index>.`` in the module name; others go to ``"other"``) or over all modules.
 For GPTQ and AWQ, Q is the calibrated quantizer applied to each model on its own (own Hessian /
 own activation scales); for AWQ the smoothing scales are folded back so that Q(theta) acts on the
-original inputs (:mod:`harness_ext.quantizers.awq`). ``*-real`` bitsandbytes schemes use the
+original inputs (:mod:`harness_ext.quantizers.schemes.awq`). ``*-real`` bitsandbytes schemes use the
 weights their kernels compute with.
 """
 
@@ -117,7 +117,7 @@ def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes:
     for quantizer in tqdm(quantizers, desc="diagnose", unit="scheme", disable=not progress):
         for name in names:
             quantizer.check_weight(name, mods_o[name].weight)
-        needs = quantizer.needs_calibration
+        needs = quantizer.info.needs_calibration
         if needs and calibration is None:
             raise MuseQuantError(f"{quantizer.scheme} needs calibration data",
                                  "pass --calib (generic, forget, retain or a file)")
@@ -217,14 +217,14 @@ def run_diagnose(pretrained: str, unlearned: str, schemes: list[str], out: str |
                  dtype: str = "auto", device: str = "cpu", include_lm_head: bool = False,
                  allow_pickle: bool = False, plot_format: str = "png", **calib_args) -> dict:
     """Load both models, diagnose every scheme, write ``diagnose.json`` and the plot."""
-    from ..quantizers import parse_scheme
+    from ..quantizers import describe_scheme
 
-    quantizers = [parse_scheme(s) for s in schemes]
+    infos = [describe_scheme(s) for s in schemes]  # validate all before loading anything
     out_dir = Path(out).expanduser() if out else None
     if out_dir is not None and (out_dir / "diagnose.json").exists():
         raise MuseQuantError(f"{out_dir / 'diagnose.json'} already exists",
                              "choose another --out (results are never overwritten)")
-    needs_calibration = any(q.needs_calibration for q in quantizers)
+    needs_calibration = any(info.needs_calibration for info in infos)
     if needs_calibration:
         from ..quantizers.calibration import validate_calib
 

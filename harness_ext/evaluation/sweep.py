@@ -55,7 +55,7 @@ class SweepResult:
 
 def parse_scheme_list(text) -> list[str]:
     """``"none,bnb-fp4,rtn:4:g128"`` -> validated scheme strings (errors before any loading)."""
-    from ..quantizers import parse_scheme
+    from ..quantizers import describe_scheme
 
     items = text if isinstance(text, (list, tuple)) else str(text or "").split(",")
     schemes = [s.strip() for s in items if s and s.strip()]
@@ -63,7 +63,7 @@ def parse_scheme_list(text) -> list[str]:
         raise MuseQuantError("no quantization schemes given",
                              "pass --quant with a comma-separated list, e.g. none,bnb-fp4,gptq:4")
     for scheme in schemes:
-        parse_scheme(scheme)
+        describe_scheme(scheme)
         scheme_filename(scheme)
     dupes = sorted({s for s in schemes if schemes.count(s) > 1})
     if dupes:
@@ -218,9 +218,9 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
     if limit is not None:
         limit = float(limit)
         limit = int(limit) if limit.is_integer() else limit
-    from ..quantizers import parse_scheme
+    from ..quantizers import describe_scheme
 
-    if any(parse_scheme(s).needs_calibration for s in schemes):
+    if any(describe_scheme(s).needs_calibration for s in schemes):
         from ..quantizers.calibration import validate_calib
 
         validate_calib(**{k: v for k, v in model_args.items() if k.startswith("calib")})

@@ -1,11 +1,15 @@
-"""The quantizer interface and the scheme-string parser.
+"""The quantizer interface, the scheme description and the scheme-string parser.
 
 A scheme string is ``name[:arg[:arg...]]``, e.g. ``rtn:4:g128:asym`` or ``bnb-fp4:b64``. A
-quantizer is one class in one file of this package, registered with ``@QUANTIZERS.register``.
+quantizer is one class in one file of ``schemes/``, registered with ``@QUANTIZERS.register``.
+Its class attributes (``family``, ``bits``, ``needs_calibration``, ``modules``, ``fake``,
+``label``, ``summary``, ``usage``) describe it; :func:`describe_scheme` turns a scheme string
+into that description (a :class:`SchemeInfo`, no torch objects), which is what code outside the
+scheme files reads instead of matching scheme names.
 
 Most quantizers are *fake* quantizers: :meth:`Quantizer.quantize_weight` maps a float weight to
-its dequantized float value, which :func:`harness_ext.weights.quantize_model` writes back, so
-evaluation then runs at float speed. Calibrated quantizers (GPTQ, AWQ) override
+its dequantized float value, which :func:`harness_ext.quantizers.apply.quantize_model` writes
+back, so evaluation then runs at float speed. Calibrated quantizers (GPTQ, AWQ) override
 :meth:`Quantizer.quantized_weights`; ones that swap modules (real bitsandbytes) override
 :meth:`Quantizer.apply`.
 """
@@ -13,28 +17,47 @@ evaluation then runs at float speed. Calibrated quantizers (GPTQ, AWQ) override
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ..errors import MuseQuantError
 from ..registry import Registry
 
+if TYPE_CHECKING:  # torch is imported where tensors are made, so describing needs no torch
+    import torch
+
 QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantization scheme")
+
+#: what most schemes change: every ``nn.Linear`` of the transformer blocks
+BLOCK_LINEARS = "block linears (+ the LM head with quant_lm_head=True)"
+
+
+@dataclass(frozen=True)
+class SchemeInfo:
+    """What a scheme string means, without building anything (:func:`describe_scheme`)."""
+
+    name: str                # registry name, e.g. "gptq"
+    scheme: str              # the whole scheme string, e.g. "gptq:4"
+    family: str              # the group it is listed under by ``muse-quant schemes``
+    bits: int | None         # weight bits; None when the weights keep their dtype ("none")
+    needs_calibration: bool  # needs calibration text (calib=...)
+    modules: str             # which modules / parameters it changes
+    fake: bool               # writes dequantized float weights back (vs. swapping modules)
+    label: str               # short display name, e.g. "GPTQ-4"
+    summary: str
+    usage: str
 
 
 @dataclass
 class Calibration:
     """Text a calibrated quantizer may use (GPTQ/AWQ); ``describe`` goes into the results.
 
-    Built by :func:`harness_ext.calibration.build_calibration`: ``windows`` are the token-id
-    sequences the quantizer runs through the model; ``cache_dir`` is ``quant_cache_dir=``.
+    Built by :func:`harness_ext.quantizers.calibration.build_calibration`: ``windows`` are the
+    token-id sequences the quantizer runs through the model; ``cache_dir`` is
+    ``quant_cache_dir=``.
     """
 
     texts: list[str] = field(default_factory=list)
     tokenizer: Any = None
-    max_samples: int = 128
-    seqlen: int = 512
     describe: dict = field(default_factory=dict)
     windows: list[list[int]] = field(default_factory=list)
     cache_dir: str | None = None
@@ -43,16 +66,23 @@ class Calibration:
 class Quantizer:
     """One quantization scheme, parsed from a scheme string.
 
-    Subclasses set ``usage`` (shown in error messages and ``muse-quant schemes``) and
-    ``summary``, parse their arguments in ``__init__(self, args)`` and implement
+    Subclasses set the description attributes below (``usage`` is shown in error messages and
+    ``muse-quant schemes``), parse their arguments in ``__init__(self, name, args)`` (plain
+    Python: no tensors, so :func:`describe_scheme` stays cheap) and implement
     :meth:`quantize_weight` (or override :meth:`quantized_weights` / :meth:`apply`).
     """
 
     usage: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    #: short display name; ``{bits}`` is replaced by the bit width
+    label: ClassVar[str] = ""
+    modules: ClassVar[str] = BLOCK_LINEARS
     needs_calibration: ClassVar[bool] = False
     #: True when the quantizer writes float (dequantized) weights back into ``nn.Linear``.
     fake: ClassVar[bool] = True
+    #: weight bits (set per instance by schemes with a bit-width argument)
+    bits: int | None = None
 
     def __init__(self, name: str, args: list[str]):
         self.name = name
@@ -63,6 +93,18 @@ class Quantizer:
     @property
     def scheme(self) -> str:
         return ":".join([self.name, *self.args])
+
+    def display_label(self) -> str:
+        """:attr:`label` for this instance's arguments (overridden to show non-default options)."""
+        return self.label.format(bits=self.bits)
+
+    @property
+    def info(self) -> SchemeInfo:
+        """This scheme's description."""
+        return SchemeInfo(name=self.name, scheme=self.scheme, family=self.family, bits=self.bits,
+                          needs_calibration=self.needs_calibration, modules=self.modules,
+                          fake=self.fake, label=self.display_label(), summary=self.summary,
+                          usage=self.usage)
 
     # -- per-tensor interface -----------------------------------------------------------
     def check_weight(self, module_name: str, weight: torch.Tensor) -> None:
@@ -113,7 +155,7 @@ class Quantizer:
         """Quantize ``module_names`` of ``model`` in place; returns the names changed.
 
         The default writes :meth:`quantized_weights` back as float weights. Quantizers that
-        swap modules (real bitsandbytes) override this, using helpers from ``weights.py``.
+        swap modules (real bitsandbytes) override this, using helpers from ``apply.py``.
         """
         from .apply import write_weights
 
@@ -129,18 +171,18 @@ class Quantizer:
 # Parsing helpers shared by the quantizer files
 # ------------------------------------------------------------------------------------------
 
-def scheme_table() -> list[tuple[str, str]]:
-    """``(usage, summary)`` of every registered scheme, for help and error messages."""
+def scheme_table() -> list[tuple[str, str, str]]:
+    """``(family, usage, summary)`` of every registered scheme, for help and error messages."""
     seen, rows = set(), []
     for _, cls in QUANTIZERS.items():
         if cls.usage and cls.usage not in seen:
             seen.add(cls.usage)
-            rows.append((cls.usage, cls.summary))
+            rows.append((cls.family, cls.usage, cls.summary))
     return rows
 
 
 def bad_scheme(scheme: str, problem: str) -> MuseQuantError:
-    valid = "; ".join(usage for usage, _ in scheme_table())
+    valid = "; ".join(usage for _, usage, _ in scheme_table())
     return MuseQuantError(f"bad quantization scheme {scheme!r}: {problem}",
                           f"valid schemes: {valid}")
 
@@ -185,3 +227,11 @@ def parse_scheme(scheme: str) -> Quantizer:
     if name not in QUANTIZERS:
         raise bad_scheme(scheme, f"unknown scheme {name!r}")
     return QUANTIZERS.get(name)(name, args)
+
+
+def describe_scheme(scheme: str) -> SchemeInfo:
+    """The :class:`SchemeInfo` of a scheme string; validates it as :func:`parse_scheme` does.
+
+    Parsing a scheme string builds no tensors and imports no torch, so this is cheap.
+    """
+    return parse_scheme(scheme).info

@@ -13,11 +13,12 @@ whose input dimension is not a multiple of 128 work too:
 
 ``oneshot`` runs on a deep copy of the model (the caller's model is untouched until the
 write-back; memory for a second copy is needed) with the calibration windows of
-:mod:`harness_ext.calibration`. The result is written back as *dequantized* float weights:
-``Q(W) = fake_quantize(W, scale, zero_point)`` of compressed-tensors, the same values a
+:mod:`harness_ext.quantizers.calibration`. The result is written back as *dequantized* float
+weights: ``Q(W) = fake_quantize(W, scale, zero_point)`` of compressed-tensors, the same values a
 compressed checkpoint reloads to with ``CompressedTensorsConfig(dequantize=True)`` (tested),
 plus any non-``Linear`` parameter the algorithm changed (AWQ's rescaled RMSNorm weights).
-With ``quant_cache_dir=`` the written parameters are cached (:mod:`harness_ext.quant_cache`).
+With ``quant_cache_dir=`` the written parameters are cached
+(:mod:`harness_ext.quantizers.cache`).
 """
 
 from __future__ import annotations
@@ -27,19 +28,21 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import ClassVar
-
-import torch
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import MuseQuantError
 from .base import Quantizer, parse_bits, parse_options
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 GROUP_CANDIDATES = (128, 64, 32)
 LLMCOMPRESSOR_BITS = (2, 3, 4, 8)
+FAMILY = "calibrated (llmcompressor)"
 
 
 @dataclass
@@ -55,13 +58,13 @@ class OneshotResult:
     seconds: float = 0.0
     #: the quantized copy with llmcompressor's state (only with ``keep_model=True``)
     model: nn.Module | None = None
-    info: dict = field(default_factory=dict)
 
 
 class CalibratedQuantizer(Quantizer):
     """Base of the llmcompressor-backed schemes; subclasses define :meth:`modifiers`."""
 
     needs_calibration = True
+    family = FAMILY
     symmetric: ClassVar[bool] = True
 
     def __init__(self, name, args):
@@ -72,6 +75,9 @@ class CalibratedQuantizer(Quantizer):
         self.group_size_by_module: dict[str, int] = {}
         self.run_info: dict = {}
         self.calibration_info: dict | None = None
+
+    def display_label(self):
+        return super().display_label() + (f" g{self.group_size}" if self.group_size else "")
 
     # ------------------------------------------------------------------ configuration
     def group_size_for(self, module_name: str, in_features: int) -> int:
@@ -124,8 +130,9 @@ class CalibratedQuantizer(Quantizer):
     def _check_calibration(self, calibration):
         if calibration is None or not calibration.windows:
             raise MuseQuantError(f"{self.scheme} needs calibration data",
-                                 "build it with harness_ext.calibration.build_calibration "
-                                 "(the muse_quant model does this from calib=...)")
+                                 "build it with harness_ext.quantizers.calibration."
+                                 "build_calibration (the muse_quant model does this from "
+                                 "calib=...)")
         self.calibration_info = dict(calibration.describe)
 
     def run(self, model: nn.Module, module_names: list[str], calibration,
@@ -134,6 +141,7 @@ class CalibratedQuantizer(Quantizer):
         self._check_calibration(calibration)
         groups = self.config_groups(model, module_names)
         import datasets
+        import torch
         from compressed_tensors.quantization.lifecycle.forward import fake_quantize
         from llmcompressor import oneshot
 

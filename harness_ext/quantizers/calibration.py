@@ -156,6 +156,5 @@ def build_calibration(tokenizer, calib: str = "generic", calib_samples: int = 12
     describe = {"calib": calib, **where, "samples": samples, "seqlen": seqlen,
                 "samples_used": len(windows), "tokens": sum(len(w) for w in windows),
                 "tokens_sha256": digest.hexdigest()}
-    return Calibration(texts=texts, tokenizer=tokenizer, max_samples=samples, seqlen=seqlen,
-                       describe=describe, windows=windows,
+    return Calibration(texts=texts, tokenizer=tokenizer, describe=describe, windows=windows,
                        cache_dir=str(quant_cache_dir) if quant_cache_dir else None)

@@ -17,10 +17,13 @@ off by a log-additive fit of W_scaled / W (:func:`fold_scales`); the step is sca
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..base import QUANTIZERS
 from ..calibrated import CalibratedQuantizer
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fold_scales(original: torch.Tensor, scaled: torch.Tensor, max_iterations: int = 200,
@@ -31,6 +34,8 @@ def fold_scales(original: torch.Tensor, scaled: torch.Tensor, max_iterations: in
     non-zero (alternating row/column means until they change by less than ``tol``; exact after
     one pass when no entry is zero).
     """
+    import torch
+
     a_w, b_w = original.double(), scaled.double()
     mask = (a_w != 0) & (b_w != 0)
     logs = torch.where(mask, b_w.abs().log() - a_w.abs().log(), torch.zeros_like(a_w))
@@ -54,6 +59,9 @@ class AWQ(CalibratedQuantizer):
     usage = "awq:N[:g<size>]"
     summary = ("AWQ via llmcompressor, N in {2,3,4,8}, asymmetric, group 128 (or 64/32 where "
                "128 does not divide); needs calib=")
+    label = "AWQ-{bits}"
+    modules = ("block linears and the RMSNorm weights feeding them (smoothing scales folded in) "
+               "(+ the LM head with quant_lm_head=True)")
     symmetric = False
     duo_scaling = True
     n_grid = 20

@@ -18,9 +18,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_options
+
+if TYPE_CHECKING:
+    import torch
 
 NF4_CODE = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -30,10 +33,14 @@ NF4_CODE = (
 )
 _FP4_MAGNITUDES = (0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 BNB_BLOCK_SIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+BNB_DEFAULT_BLOCK = 64
+FAMILY = "bitsandbytes formats, fake-quantized (plain torch)"
 
 
 def _codebook(kind: str) -> torch.Tensor:
     """The 16 code values in ascending order (float32)."""
+    import torch
+
     if kind == "nf4":
         code = torch.tensor(NF4_CODE, dtype=torch.float32)
     else:
@@ -43,6 +50,8 @@ def _codebook(kind: str) -> torch.Tensor:
 
 
 def blockwise_4bit(weight: torch.Tensor, kind: str, block_size: int) -> torch.Tensor:
+    import torch
+
     code = _codebook(kind)
     midpoints = (code[:-1] + code[1:]) / 2
     flat = weight.reshape(-1).float()
@@ -65,6 +74,8 @@ def blockwise_4bit_step(weight: torch.Tensor, kind: str, block_size: int) -> tor
     (c_{k+1} - c_{k-1}) / 2: for a uniform grid exactly its step. The end codes use the distance
     to their single neighbour, |c_k - c_{k+-1}|.
     """
+    import torch
+
     code = torch.unique(_codebook(kind))
     midpoints = (code[:-1] + code[1:]) / 2
     width = torch.empty_like(code)
@@ -81,14 +92,20 @@ def blockwise_4bit_step(weight: torch.Tensor, kind: str, block_size: int) -> tor
 
 class _Bnb4bit(Quantizer):
     kind = ""
+    family = FAMILY
+    bits = 4
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
         opts = parse_options(self.scheme, args, {"b": "block_size"})
-        self.block_size = opts.get("block_size", 64)
+        self.block_size = opts.get("block_size", BNB_DEFAULT_BLOCK)
         if self.block_size not in BNB_BLOCK_SIZES:
             raise bad_scheme(self.scheme, f"block size {self.block_size} is not one of "
                              f"bitsandbytes' {BNB_BLOCK_SIZES}")
+
+    def display_label(self):
+        block = "" if self.block_size == BNB_DEFAULT_BLOCK else f" b{self.block_size}"
+        return super().display_label() + block
 
     def quantize_weight(self, weight):
         return blockwise_4bit(weight, self.kind, self.block_size)
@@ -97,7 +114,7 @@ class _Bnb4bit(Quantizer):
         return blockwise_4bit_step(weight, self.kind, self.block_size)
 
     def describe(self):
-        return {**super().describe(), "bits": 4, "codebook": self.kind,
+        return {**super().describe(), "bits": self.bits, "codebook": self.kind,
                 "block_size": self.block_size}
 
 
@@ -106,6 +123,7 @@ class BnbNF4(_Bnb4bit):
     kind = "nf4"
     usage = "bnb-nf4[:b<size>]"
     summary = "bitsandbytes NF4 codebook, blockwise absmax (block 64)"
+    label = "{bits}-bit NF4"
 
 
 @QUANTIZERS.register("bnb-fp4")
@@ -113,14 +131,20 @@ class BnbFP4(_Bnb4bit):
     kind = "fp4"
     usage = "bnb-fp4[:b<size>]"
     summary = "bitsandbytes FP4 codebook, blockwise absmax (block 64); the paper's 4-bit"
+    label = "{bits}-bit FP4"
 
 
 @QUANTIZERS.register("bnb-int8")
 class BnbInt8(Quantizer):
     usage = "bnb-int8"
     summary = "LLM.int8 weight quantization: per-row absmax / 127 (no outlier decomposition)"
+    family = FAMILY
+    label = "{bits}-bit"
+    bits = 8
 
     def quantize_weight(self, weight):
+        import torch
+
         w = weight.float().reshape(-1, weight.shape[-1])
         absmax = w.abs().amax(dim=1, keepdim=True)
         q = torch.round(w * (127.0 / absmax))
@@ -134,4 +158,4 @@ class BnbInt8(Quantizer):
         return (w.abs().amax(dim=1, keepdim=True) / 127).expand_as(w).reshape(weight.shape).clone()
 
     def describe(self):
-        return {**super().describe(), "bits": 8, "granularity": "row"}
+        return {**super().describe(), "bits": self.bits, "granularity": "row"}

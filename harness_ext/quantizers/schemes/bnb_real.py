@@ -14,8 +14,8 @@ BitsAndBytesConfig(...))`` does, instead of fake-quantized float weights:
   ``bnb-int8`` cannot emulate. The weight is cast to float16 and quantized per row (absmax/127).
 
 How: the unlearned checkpoint is already applied to the float model, so each selected
-``nn.Linear`` is replaced in place (:func:`harness_ext.weights.swap_module`) by the bitsandbytes
-layer transformers would build (same constructor arguments as
+``nn.Linear`` is replaced in place (:func:`harness_ext.quantizers.apply.swap_module`) by the
+bitsandbytes layer transformers would build (same constructor arguments as
 ``transformers.integrations.bitsandbytes.replace_with_bnb_linear``), holding the current weight
 quantized the way transformers' loader does (``Params4bit(...).to(device)``,
 ``Int8Params(...).to(device)``). This avoids saving and reloading the whole model, works for
@@ -32,16 +32,21 @@ no longer the packed 4-bit format: read weights only via :func:`dequantized_weig
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ...errors import MuseQuantError
 from ..base import QUANTIZERS, Quantizer
-from .bnb_fake import blockwise_4bit_step
+from .bnb_fake import BNB_DEFAULT_BLOCK, blockwise_4bit_step
 
-BLOCK_4BIT = 64  # transformers' BitsAndBytesConfig has no block-size option; bitsandbytes' default
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# transformers' BitsAndBytesConfig has no block-size option: bitsandbytes' default
+BLOCK_4BIT = BNB_DEFAULT_BLOCK
 CPU_PACK_ROWS = 32  # bitsandbytes' CPU packed 4-bit kernel: out_features % 32 == 0
 INT8_THRESHOLD = 6.0
+FAMILY = "bitsandbytes kernels (real quantized layers)"
 
 
 def _bnb():
@@ -72,6 +77,7 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
 
 class _BnbReal(Quantizer):
     fake = False
+    family = FAMILY
 
     def __init__(self, name, args):
         super().__init__(name, args)  # no arguments
@@ -85,6 +91,9 @@ class _BnbReal(Quantizer):
         raise NotImplementedError
 
     def apply(self, model, module_names, calibration=None, progress=False):
+        import torch
+        from torch import nn
+
         from ..apply import swap_module
 
         modules = dict(model.named_modules())
@@ -113,6 +122,7 @@ class _BnbReal(Quantizer):
 
 class _Bnb4bitReal(_BnbReal):
     kind = ""
+    bits = 4
 
     def config(self, dtype):
         from transformers import BitsAndBytesConfig
@@ -132,6 +142,9 @@ class _Bnb4bitReal(_BnbReal):
                 "or skip this module")
 
     def make_module(self, linear, config):
+        import torch
+        from torch import nn
+
         bnb = _bnb()
         with torch.device("meta"):
             module = bnb.nn.Linear4bit(
@@ -163,7 +176,7 @@ class _Bnb4bitReal(_BnbReal):
         return blockwise_4bit_step(weight, self.kind, BLOCK_4BIT)
 
     def describe(self):
-        return {**super().describe(), "bits": 4, "codebook": self.kind,
+        return {**super().describe(), "bits": self.bits, "codebook": self.kind,
                 "block_size": BLOCK_4BIT, "double_quant": False}
 
 
@@ -172,6 +185,7 @@ class BnbNF4Real(_Bnb4bitReal):
     kind = "nf4"
     usage = "bnb-nf4-real"
     summary = "bitsandbytes Linear4bit NF4 kernels (BitsAndBytesConfig load_in_4bit, nf4)"
+    label = "{bits}-bit NF4 (bnb kernels)"
 
 
 @QUANTIZERS.register("bnb-fp4-real")
@@ -180,6 +194,7 @@ class BnbFP4Real(_Bnb4bitReal):
     usage = "bnb-fp4-real"
     summary = ("bitsandbytes Linear4bit FP4 kernels (BitsAndBytesConfig load_in_4bit): the "
                "paper's 4-bit")
+    label = "{bits}-bit FP4 (bnb kernels)"
 
 
 @QUANTIZERS.register("bnb-int8-real")
@@ -187,6 +202,8 @@ class BnbInt8Real(_BnbReal):
     usage = "bnb-int8-real"
     summary = ("bitsandbytes LLM.int8 kernels with outlier decomposition, threshold 6.0 "
                "(BitsAndBytesConfig load_in_8bit): the paper's 8-bit")
+    label = "{bits}-bit (LLM.int8 kernels)"
+    bits = 8
 
     def config(self, dtype):
         from transformers import BitsAndBytesConfig
@@ -194,6 +211,9 @@ class BnbInt8Real(_BnbReal):
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
 
     def make_module(self, linear, config):
+        import torch
+        from torch import nn
+
         bnb = _bnb()
         with torch.device("meta"):
             module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features,
@@ -211,15 +231,19 @@ class BnbInt8Real(_BnbReal):
 
     def quantize_weight(self, weight):
         """The dequantized int8 weight: float16 cast, per-row absmax / 127 (as Int8Params)."""
+        import torch
+
         F = _bnb().functional
         cb, scb, _ = F.int8_vectorwise_quant(weight.detach().to(torch.float16))
         return F.int8_vectorwise_dequant(cb, scb).to(weight.dtype)
 
     def quantization_step(self, weight):
         """Delta = max|w_row| / 127 (of the float16-cast row)."""
+        import torch
+
         w = weight.detach().to(torch.float16).float()
         return (w.abs().amax(dim=1, keepdim=True) / 127).expand_as(w).clone()
 
     def describe(self):
-        return {**super().describe(), "bits": 8, "granularity": "row",
+        return {**super().describe(), "bits": self.bits, "granularity": "row",
                 "outlier_threshold": INT8_THRESHOLD}

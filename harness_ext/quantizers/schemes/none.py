@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..base import QUANTIZERS, Quantizer
 
 
@@ -11,6 +9,10 @@ from ..base import QUANTIZERS, Quantizer
 class NoQuantization(Quantizer):
     usage = "none"
     summary = "full precision; no module is changed"
+    family = "full precision"
+    label = "full"
+    modules = "nothing"
+    bits = None  # the weights keep their dtype
 
     def quantized_weights(self, model, module_names, calibration=None):
         return iter(())
@@ -20,4 +22,6 @@ class NoQuantization(Quantizer):
 
     def quantization_step(self, weight):
         """No grid: Delta = 0, so no update is below half a step."""
+        import torch
+
         return torch.zeros(weight.shape, dtype=torch.float32)

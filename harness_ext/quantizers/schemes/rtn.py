@@ -16,18 +16,19 @@ float32; the result is cast back to the weight's dtype.
 
 from __future__ import annotations
 
-import torch
-
-from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
 from ...errors import MuseQuantError
+from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
 
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
+FAMILY = "round-to-nearest (plain torch)"
 
 
 @QUANTIZERS.register("rtn-seed")
 class SeedRTN(Quantizer):
     usage = "rtn-seed:N"
     summary = "the paper's per-tensor RTN: Delta = max|w|/2^(N-1), no clamp (2^N+1 levels)"
+    family = FAMILY
+    label = "paper RTN-{bits}"
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
@@ -36,6 +37,8 @@ class SeedRTN(Quantizer):
         self.bits = parse_bits(self.scheme, args[0], RTN_BITS)
 
     def quantize_weight(self, weight):
+        import torch
+
         w = weight.float()
         delta = w.abs().max() / 2 ** (self.bits - 1)
         if delta == 0:
@@ -44,6 +47,8 @@ class SeedRTN(Quantizer):
 
     def quantization_step(self, weight):
         """Delta = max|w| / 2^(N-1) for every element (one grid per tensor)."""
+        import torch
+
         delta = weight.float().abs().max() / 2 ** (self.bits - 1)
         return torch.full(weight.shape, float(delta), dtype=torch.float32)
 
@@ -56,6 +61,8 @@ class SeedRTN(Quantizer):
 class RTN(Quantizer):
     usage = "rtn:N[:g<size>][:asym]"
     summary = "standard RTN, qmax = 2^(N-1)-1, per output channel or per group of input columns"
+    family = FAMILY
+    label = "RTN-{bits}"
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
@@ -63,6 +70,10 @@ class RTN(Quantizer):
         opts = parse_options(self.scheme, args[1:], {"g": "group_size"}, flags=("asym",))
         self.group_size: int | None = opts.get("group_size")
         self.asym: bool = opts["asym"]
+
+    def display_label(self):
+        group = f" g{self.group_size}" if self.group_size else ""
+        return super().display_label() + group + (" asym" if self.asym else "")
 
     def check_weight(self, module_name, weight):
         if weight.dim() != 2:
@@ -87,6 +98,8 @@ class RTN(Quantizer):
         return w.abs().amax(dim=-1, keepdim=True) / (2 ** (self.bits - 1) - 1), None
 
     def quantize_weight(self, weight):
+        import torch
+
         w = self._grouped(weight)
         scale, lo = self._scale(w)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
