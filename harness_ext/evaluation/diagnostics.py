@@ -8,7 +8,7 @@ generation. For every quantized module (the same modules ``quant=`` quantizes), 
 theta_o = target weights, theta_u = unlearned weights, Q the scheme's quantize-dequantize map and
 Delta_k the quantization step of element k on the **target's** grid
 (:meth:`Quantizer.quantization_step`; for NF4/FP4 the width of the element's code bucket times
-the block's absmax, see :func:`harness_ext.quantizers.bnb_fake.blockwise_4bit_step`):
+the block's absmax, see :func:`harness_ext.quantizers.schemes.bnb_fake.blockwise_4bit_step`):
 
 * ``update_norm``      = ||theta_u - theta_o||_2 (Frobenius, in float64);
 * ``surviving_norm``   = ||Q(theta_u) - Q(theta_o)||_2;
@@ -30,8 +30,8 @@ the block's absmax, see :func:`harness_ext.quantizers.bnb_fake.blockwise_4bit_st
 (the first ``.<index>.`` in the module name; others go to ``"other"``) or over all modules.
 For GPTQ and AWQ, Q is the calibrated quantizer applied to each model on its own (own Hessian /
 own activation scales); for AWQ the smoothing scales are folded back so that Q(theta) acts on the
-original inputs (:mod:`harness_ext.quantizers.schemes.awq`). ``*-real`` bitsandbytes schemes use the
-weights their kernels compute with.
+original inputs (:mod:`harness_ext.quantizers.schemes.awq`). ``*-real`` bitsandbytes schemes use
+the weights their kernels compute with.
 """
 
 from __future__ import annotations
