@@ -57,6 +57,7 @@ def _max_diff(a, b):
     return max(max(abs(x - y) for x, y in zip(p, q)) for p, q in zip(a, b))
 
 
+@pytest.mark.slow
 def test_real_4bit_gives_the_fake_log_likelihoods_and_swaps_back(tiny_model_dir):
     """Float32 path (any CPU; forced here by forbidding the repacking): the fake log-probs within
     1e-4. bf16 kernel (CPUs with AVX512-BF16 only): each layer's output carries bf16 rounding
