@@ -29,11 +29,8 @@ def _results(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_match_one_exactly(tmp_path):
-    from harness_ext.toy.tiny import build_tiny_llama
-
-    model = tmp_path / "model"
-    build_tiny_llama(model, seed=1, hidden_size=128, intermediate_size=384, num_hidden_layers=2)
+def test_two_cpu_processes_match_one_exactly(small_model_dir, tmp_path):
+    model = small_model_dir
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}

@@ -17,6 +17,7 @@ def fast_demo(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fast_demo_runs_every_stage(fast_demo):
     out = fast_demo
     summary = json.loads((out / "summary.json").read_text())["news"]
@@ -49,6 +50,7 @@ def test_fast_demo_runs_every_stage(fast_demo):
         assert (out / "news" / "sweep" / "target" / "results" / f"{scheme}.json").exists()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_stage(fast_demo, capsys):
     done = sorted(fast_demo.rglob(".done.json"))
     before = {p: p.stat().st_mtime_ns for p in done}
@@ -57,6 +59,7 @@ def test_rerun_reuses_every_stage(fast_demo, capsys):
     assert "wall time of this run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_another_configuration_or_folder_is_refused(fast_demo, tmp_path, capsys):
     # the default configuration does not silently reuse a --fast cache
     assert main(["demo", "--out", str(fast_demo), "--no_progress"]) == 2

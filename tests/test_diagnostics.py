@@ -130,6 +130,7 @@ def test_awq_scale_fold_recovers_row_and_column_scales():
                                rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_diagnose_command(small_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 

@@ -1,4 +1,4 @@
-"""The README's first two commands are what CI runs."""
+"""The README's first two commands, and the slow-tier command below them, are what CI runs."""
 
 import re
 from pathlib import Path
@@ -14,3 +14,7 @@ def test_ci_runs_the_readme_commands():
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert install in ci and test in ci
     assert ci.index(install) < ci.index(test)
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    slow = blocks[1].strip()
+    assert slow == f"{test} -m slow"  # the integration tier, right below the first block
+    assert slow in ci and ci.index(test) < ci.index(slow)

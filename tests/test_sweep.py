@@ -22,6 +22,7 @@ def run_sweep_cli(model_dir, out, schemes, extra_model_args=",calib=retain,calib
                  "--batch_size", "8", "--output_path", str(out)])
 
 
+@pytest.mark.slow
 def test_six_schemes_resume_after_an_interruption(small_model_dir, tmp_path, monkeypatch,
                                                   capsys):
     import lm_eval

@@ -117,6 +117,7 @@ def test_each_method_lowers_the_forget_likelihood(method, target, data, initial,
         card["final_losses"]["forget_nll"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gdr_and_klr_keep_the_retain_loss_within_a_bound(target, data, initial, tmp_path):
     """lr 5e-4, 8 steps: GA and NPO alone blow the retain NLL up; with the retain term
     (alpha 5) it stays within +1 nat of the target's."""

@@ -22,12 +22,16 @@ quantized the way transformers' loader does (``Params4bit(...).to(device)``,
 every checkpoint kind (delta, full, merged PEFT), and lets a sweep swap the float modules back.
 A test checks the logits against a real ``BitsAndBytesConfig`` load.
 
-CPU constraints (bitsandbytes 0.50): on CPUs with AVX512-BF16, ``Linear4bit`` repacks its weight
-for a fused kernel after the first no-grad forward, which needs ``out_features % 32 == 0`` and
-each 64-block inside one row (``in_features % 64 == 0``); so on CPU these are required for the
-4-bit schemes (clear error otherwise, naming the module). After such a forward ``weight.data`` is
-no longer the packed 4-bit format: read weights only via :func:`dequantized_weight`
-(``state_dict()`` unpacks). LLM.int8 has no shape constraint.
+CPU constraints (bitsandbytes 0.50): on CPUs with AVX512-BF16 (``bitsandbytes.functional.
+has_avx512bf16()``), ``Linear4bit`` repacks its weight for a fused kernel at the first no-grad
+forward in eval mode, which needs ``out_features % 32 == 0`` and each 64-block inside one row
+(``in_features % 64 == 0``); so on CPU these are required for the 4-bit schemes (clear error
+otherwise, naming the module). The repacked layer computes in bfloat16: activations, the 16 code
+values and the absmax are rounded to bfloat16 (the absmax for good: the float32 one is dropped),
+products are summed in float32 and the output is rounded to bfloat16. Without AVX512-BF16 the
+layer dequantizes to float32 and calls ``F.linear``: the fake scheme's computation. After a
+repacking forward ``weight.data`` is no longer the 4-bit format: read weights only via
+:func:`dequantized_weight`. LLM.int8 has no shape constraint.
 """
 
 from __future__ import annotations
@@ -59,12 +63,20 @@ def _bnb():
 
 
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
-    """The float weight a bitsandbytes layer computes with, read via ``state_dict()``.
+    """The float weight a bitsandbytes layer computes with; the module is left untouched.
 
-    Safe after any forward: ``Linear4bit.state_dict()`` undoes the CPU repacking first.
+    A ``Linear4bit`` that the CPU's AVX512-BF16 kernel has repacked (see the module docstring)
+    computes with bf16(code) * bf16(absmax), which is returned (exact in float32); before that,
+    code * absmax as stored. The repacked layout is decoded here, not via ``state_dict()``:
+    bitsandbytes 0.50.2 unpacks it there in place but leaves the absmax transposed, so the
+    layer's next forward would use the wrong block scales.
     """
     bnb = _bnb()
     F = bnb.functional
+    quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+    if isinstance(module, bnb.nn.Linear4bit) and getattr(quant_state, "packing_format_for_cpu",
+                                                         False):
+        return _repacked_4bit_weight(module.weight.data, quant_state)
     state = module.state_dict()
     if isinstance(module, bnb.nn.Linear4bit):
         stats = {k[len("weight."):]: v for k, v in state.items() if k.startswith("weight.")}
@@ -73,6 +85,21 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, bnb.nn.Linear8bitLt):
         return F.int8_vectorwise_dequant(state["weight"], state["SCB"])
     return module.weight.detach()
+
+
+def _repacked_4bit_weight(packed: torch.Tensor, quant_state) -> torch.Tensor:
+    """bf16(code) * bf16(absmax) of a CPU-repacked 4-bit weight (absmax stored [K/block, N])."""
+    import copy
+
+    F = _bnb().functional
+    state = copy.copy(quant_state)  # the inverse sets attributes on the state it is given
+    state.original_nested = False  # only the codes are wanted, not a re-quantized absmax
+    codes, _ = F._convert_weight_packed_for_cpu_inverse(packed, state)
+    codes = codes.view(torch.uint8).reshape(-1)
+    index = torch.stack([codes >> 4, codes & 0xF], dim=1).reshape(-1).long()  # high nibble first
+    code = quant_state.code.to(torch.bfloat16).float()[index]  # the kernel's bf16 lookup table
+    absmax = quant_state.absmax.T.reshape(-1).float()
+    return (code.reshape(-1, quant_state.blocksize) * absmax[:, None]).reshape(quant_state.shape)
 
 
 class _BnbReal(Quantizer):
