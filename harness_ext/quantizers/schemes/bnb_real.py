@@ -91,6 +91,8 @@ def _repacked_4bit_weight(packed: torch.Tensor, quant_state) -> torch.Tensor:
     """bf16(code) * bf16(absmax) of a CPU-repacked 4-bit weight (absmax stored [K/block, N])."""
     import copy
 
+    import torch
+
     F = _bnb().functional
     state = copy.copy(quant_state)  # the inverse sets attributes on the state it is given
     state.original_nested = False  # only the codes are wanted, not a re-quantized absmax
