@@ -76,7 +76,8 @@ def test_fp8_step_is_the_code_bucket_width():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fp8_matches_compressed_tensors(preset, dtype):
     quantization = pytest.importorskip("compressed_tensors.quantization")
-    from compressed_tensors.quantization.lifecycle.forward import dequantize, fake_quantize, quantize
+    from compressed_tensors.quantization.lifecycle.forward import (dequantize, fake_quantize,
+                                                                   quantize)
     from compressed_tensors.quantization.utils import calculate_qparams
 
     args = quantization.quant_scheme.PRESET_SCHEMES[preset]["weights"]

@@ -25,7 +25,8 @@ HQQ_BITS = (1, 2, 3, 4, 5, 6, 8)
 @QUANTIZERS.register("hqq")
 class HQQ(Quantizer):
     usage = "hqq:N[:g<size>]"
-    summary = "HQQ (hqq package, CPU): calibration-free zero-point optimisation, groups of 64"
+    summary = ("HQQ through the hqq package on CPU, calibration-free zero-point optimisation, "
+               "groups of 64; needs the [hqq] extra")
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)

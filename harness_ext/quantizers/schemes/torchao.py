@@ -29,7 +29,8 @@ TORCHAO_TYPES = ("int4", "int8")
 class TorchAO(Quantizer):
     usage = "torchao:int4[:g<size>] | torchao:int8"
     summary = ("torchao weight-only (CPU path): int4 symmetric per group of 128 "
-               "(IntxWeightOnlyConfig) or int8 per row (Int8WeightOnlyConfig)")
+               "(IntxWeightOnlyConfig) or int8 per row (Int8WeightOnlyConfig); "
+               "needs the [torchao] extra")
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
