@@ -155,6 +155,10 @@ SCHEME_EXPECTATIONS = {
     "bnb-int8-real": (8, False, False, "8-bit (LLM.int8 kernels)"),
     "gptq:4": (4, True, True, "GPTQ-4"),
     "awq:2:g32": (2, True, True, "AWQ-2 g32"),
+    "fp8:e4m3": (8, False, True, "FP8 E4M3"),
+    "mlx:4": (4, False, True, "MLX-4"),
+    "hqq:4": (4, False, True, "HQQ-4"),
+    "torchao:int4:g32": (4, False, True, "torchao int4 g32"),
 }
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import MuseQuantError
 
@@ -39,6 +41,8 @@ def require(module: str, scheme: str, extra: str, quiet_logger: str | None = Non
 
 def scratch_linear(weight: torch.Tensor) -> torch.nn.Linear:
     """A bias-free ``nn.Linear`` whose weight is a detached copy of ``weight`` (same dtype)."""
+    import torch
+
     if weight.dim() != 2:
         raise MuseQuantError(f"expected a 2-D Linear weight, got shape {tuple(weight.shape)}")
     with torch.device("meta"):

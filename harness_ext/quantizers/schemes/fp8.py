@@ -21,7 +21,11 @@ emulated.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme
 
@@ -31,6 +35,8 @@ FP8_GRANULARITIES = ("channel", "tensor")
 
 def fp8_scale(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """absmax / 448 per row (shape [rows, 1]) or per tensor, in the weight's dtype."""
+    import torch
+
     if per_channel:
         absmax = weight.abs().amax(dim=-1, keepdim=True)
     else:
@@ -42,6 +48,8 @@ def fp8_scale(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 def fp8_codes(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The stored float8_e4m3fn values."""
+    import torch
+
     return torch.clamp(weight / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
 
@@ -51,15 +59,23 @@ def _bucket_widths() -> torch.Tensor:
     For code k with neighbours c_{k-1} < c_k < c_{k+1} the width is (c_{k+1} - c_{k-1}) / 2; the
     neighbour below 0 is -c_1, and 448 (no finite neighbour above) uses 448 + (448 - 416).
     """
+    import torch
+
     mags = torch.arange(127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     lower = torch.cat([-mags[1:2], mags[:-1]])
     upper = torch.cat([mags[1:], 2 * mags[-1:] - mags[-2:-1]])
     return (upper - lower) / 2
 
 
+FAMILY = "deployment formats (FP8, HQQ, MLX, torchao), fake-quantized"
+
+
 @QUANTIZERS.register("fp8")
 class FP8(Quantizer):
     usage = "fp8:e4m3[:channel|:tensor]"
+    family = FAMILY
+    label = "FP8 E4M3"
+    bits = 8
     summary = ("FP8 E4M3 weights, scale = absmax/448 per channel (FP8_DYNAMIC, default) or per "
                "tensor (FP8), as compressed-tensors/vLLM; weights only")
 
@@ -70,6 +86,9 @@ class FP8(Quantizer):
         if len(args) > 2 or (len(args) == 2 and args[1] not in FP8_GRANULARITIES):
             raise bad_scheme(self.scheme, f"the scale granularity is one of {FP8_GRANULARITIES}")
         self.granularity = args[1] if len(args) == 2 else "channel"
+
+    def display_label(self) -> str:
+        return self.label + (" per tensor" if self.granularity == "tensor" else "")
 
     @property
     def per_channel(self) -> bool:
@@ -85,6 +104,8 @@ class FP8(Quantizer):
         E4M3 is a float grid: the step doubles with each binade (2^-9 among the subnormals,
         2^(e-3) in binade [2^e, 2^(e+1))), so Delta grows with |w|.
         """
+        import torch
+
         scale = fp8_scale(weight, self.per_channel)
         code = fp8_codes(weight, scale).view(torch.uint8) & 0x7F
         return _bucket_widths()[code.long()] * scale.float()

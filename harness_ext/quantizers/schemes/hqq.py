@@ -13,7 +13,6 @@ on CUDA, so a GPU run of hqq can give slightly different weights. Needs the ``[h
 
 from __future__ import annotations
 
-import torch
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
 from ..optional import require, scratch_linear
@@ -22,9 +21,14 @@ from ...errors import MuseQuantError
 HQQ_BITS = (1, 2, 3, 4, 5, 6, 8)
 
 
+from .fp8 import FAMILY
+
+
 @QUANTIZERS.register("hqq")
 class HQQ(Quantizer):
     usage = "hqq:N[:g<size>]"
+    family = FAMILY
+    label = "HQQ-{bits}"
     summary = ("HQQ through the hqq package on CPU, calibration-free zero-point optimisation, "
                "groups of 64; needs the [hqq] extra")
 
@@ -45,6 +49,8 @@ class HQQ(Quantizer):
 
     def _layer(self, weight):
         """The initialised ``HQQLinear`` of a copy of ``weight``."""
+        import torch
+
         self.check_weight("weight", weight)
         quantize = require("hqq.core.quantize", self.scheme, "hqq")
         config = quantize.BaseQuantizeConfig(nbits=self.bits, group_size=self.group_size)
@@ -53,6 +59,8 @@ class HQQ(Quantizer):
                                       compute_dtype=weight.dtype, device="cpu")
 
     def quantize_weight(self, weight):
+        import torch
+
         with torch.no_grad():
             out = self._layer(weight).dequantize()
         return out.reshape(weight.shape).to(device=weight.device, dtype=weight.dtype)

@@ -20,7 +20,11 @@ and ``torch.round`` both round half to even. Bit-identical to ``mx.quantize`` + 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
 from ...errors import MuseQuantError
@@ -33,6 +37,8 @@ def mlx_affine(weight: torch.Tensor, bits: int, group_size: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(q, scale, bias)``: codes [rows, groups, group] (float32), scale and bias [rows, groups,
     1] in the weight's dtype, as MLX stores them."""
+    import torch
+
     rows, cols = weight.shape
     w = weight.float().reshape(rows, cols // group_size, group_size)
     n_bins = float(2 ** bits - 1)
@@ -50,9 +56,14 @@ def mlx_affine(weight: torch.Tensor, bits: int, group_size: int
     return q, scale.to(weight.dtype), bias.to(weight.dtype)
 
 
+from .fp8 import FAMILY
+
+
 @QUANTIZERS.register("mlx")
 class MLX(Quantizer):
     usage = "mlx:N[:g<size>]"
+    family = FAMILY
+    label = "MLX-{bits}"
     summary = "MLX affine group quantization (mx.quantize), scale and bias per group of 64"
 
     def __init__(self, name, args):

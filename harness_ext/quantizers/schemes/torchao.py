@@ -16,7 +16,6 @@ computes (checked bit for bit in the tests). Needs the ``[torchao]`` extra.
 
 from __future__ import annotations
 
-import torch
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_options
 from ..optional import require, scratch_linear
@@ -25,9 +24,14 @@ from ...errors import MuseQuantError
 TORCHAO_TYPES = ("int4", "int8")
 
 
+from .fp8 import FAMILY
+
+
 @QUANTIZERS.register("torchao")
 class TorchAO(Quantizer):
     usage = "torchao:int4[:g<size>] | torchao:int8"
+    family = FAMILY
+    label = "torchao {dtype}"
     summary = ("torchao weight-only (CPU path): int4 symmetric per group of 128 "
                "(IntxWeightOnlyConfig) or int8 per row (Int8WeightOnlyConfig); "
                "needs the [torchao] extra")
@@ -37,9 +41,13 @@ class TorchAO(Quantizer):
         if not args or args[0] not in TORCHAO_TYPES:
             raise bad_scheme(self.scheme, f"expected a weight type, one of {TORCHAO_TYPES}")
         self.dtype = args[0]
+        self.bits = 4 if self.dtype == "int4" else 8
         prefixes = {"g": "group_size"} if self.dtype == "int4" else {}
         opts = parse_options(self.scheme, args[1:], prefixes)
         self.group_size: int | None = opts.get("group_size", 128) if self.dtype == "int4" else None
+
+    def display_label(self) -> str:
+        return self.label.format(dtype=self.dtype) + (f" g{self.group_size}" if self.group_size else "")
 
     def check_weight(self, module_name, weight):
         if weight.dim() != 2 or (self.group_size and weight.shape[1] % self.group_size):
@@ -51,6 +59,8 @@ class TorchAO(Quantizer):
 
     def config(self):
         """The torchao config object of this scheme."""
+        import torch
+
         quantization = require("torchao.quantization", self.scheme, "torchao",
                                quiet_logger="torchao")
         if self.dtype == "int8":
@@ -61,6 +71,8 @@ class TorchAO(Quantizer):
 
     def _quantized(self, weight):
         """torchao's quantized weight tensor (``Int8Tensor`` / ``IntxUnpackedToInt8Tensor``)."""
+        import torch
+
         self.check_weight("weight", weight)
         config = self.config()
         quantize_ = require("torchao.quantization", self.scheme, "torchao").quantize_
@@ -70,6 +82,8 @@ class TorchAO(Quantizer):
         return linear.weight
 
     def quantize_weight(self, weight):
+        import torch
+
         with torch.no_grad():
             out = self._quantized(weight).dequantize()
         return out.to(device=weight.device, dtype=weight.dtype)
