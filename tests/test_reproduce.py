@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from harness_ext import cli
-from harness_ext.reproduce import (ALL_METHODS, DEFAULT_QUANT, Assumptions, LLAMA2_7B,
+from harness_ext.reproduce import (DEFAULT_QUANT, Assumptions, LLAMA2_7B,
                                    build_plan, estimate, model_shape)
 from harness_ext.io import scheme_from_filename
 
 REPO = Path(__file__).resolve().parent.parent
+#: the default --methods: every registered method, the SURE variants last
+ALL_METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_sure", "ga_gdr_sure",
+               "ga_klr_sure", "npo_sure", "npo_gdr_sure", "npo_klr_sure")
 MODELS = ("target", "retrain") + ALL_METHODS
 
 
@@ -46,7 +49,7 @@ def test_dry_run_lists_every_method_and_scheme_with_parseable_commands(tmp_path,
     unlearn = [_parse(c) for c in commands if c.startswith("muse-quant unlearn")]
     sweeps = [_parse(c) for c in commands if c.startswith("muse-quant sweep")]
     adds = [_parse(c) for c in commands if c.startswith("muse-quant leaderboard add")]
-    assert sorted(a.method for a in unlearn) == sorted(ALL_METHODS)
+    assert [a.method for a in unlearn] == list(ALL_METHODS)
     for a in unlearn:  # the paper's NEWS settings
         assert (a.epochs, a.precision, a.save, a.corpus) == (10, "bf16", "delta", "news")
         if a.method.endswith("_sure"):
@@ -88,6 +91,13 @@ def test_estimates_follow_the_documented_formulas():
     # GA: 6 x params per token; NPO_KLR: 6+6 trained + 2 reference forwards (forget, retain)
     assert ga.hours == pytest.approx(1e6 * 10 * 6 * 6.74e9 / 400e12 / 3600)
     assert npo_klr.hours == pytest.approx(ga.hours * 16 / 6)
+    # what each method needs comes from the registry: NPO one reference forward (6+2), GA_KLR
+    # a retain pass and one reference forward on it (6+6+2), GA_GDR a retain pass (6+6)
+    for method, flops in (("npo", 8), ("ga_klr", 14), ("ga_gdr", 12), ("npo_gdr_sure", 14)):
+        est = estimate("unlearn", LLAMA2_7B, a, method=method, epochs=10, batch_size=1,
+                       forget_tokens=1e6, sure_threshold=90.0)
+        saliency = 6 / 10 if method.endswith("_sure") else 0  # one gradient pass, not 10 epochs
+        assert est.hours == pytest.approx(ga.hours * (flops + saliency) / 6), method
     # bf16 weights+grads+AdamW = 8 bytes/param = 54 GB, plus the reference model for NPO/KLR
     assert 54 < ga.gpu_gb < 80 and npo_klr.gpu_gb > ga.gpu_gb + 13
     half = estimate("unlearn", LLAMA2_7B, Assumptions(tflops=200.0), method="ga", epochs=10,
@@ -231,3 +241,15 @@ def test_emit_slurm_refuses_a_non_empty_folder(tmp_path):
     assert "exists and is not an empty folder" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in slurm.iterdir()) == ["mine.txt"]
+
+
+def test_planning_and_the_method_registry_load_without_torch():
+    """The plan reads the method registry (what each method needs), still without torch."""
+    code = ("import sys; from harness_ext.reproduce import build_plan; build_plan('news'); "
+            "from harness_ext import cli; cli.build_parser(); "
+            "from harness_ext.unlearning import available_methods; available_methods(); "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -18,7 +18,7 @@ from harness_ext.data import embedded
 from harness_ext.errors import MuseQuantError
 from harness_ext.data.tokenized import TokenizedTexts
 from harness_ext.unlearning.losses import sequence_nll
-from harness_ext.unlearning.trainer import unlearn
+from harness_ext.unlearning.loop import unlearn
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2)
@@ -337,6 +337,34 @@ def cli(target, out, *extra):
     return main(["unlearn", "--pretrained", str(target), "--corpus", "news", "--out", str(out),
                  "--max_len", str(MAX_LEN), "--batch_size", "4", "--grad_accum", "1",
                  "--max_steps", "2", "--no_progress", *extra])
+
+
+def test_config_is_the_command_line():
+    """The parser is built from UnlearnConfig; to_argv gives command lines it parses back."""
+    from dataclasses import fields
+
+    from harness_ext.cli import build_parser
+    from harness_ext.unlearning.config import UnlearnConfig
+
+    def parse(*argv):
+        return UnlearnConfig.from_args(build_parser().parse_args(["unlearn", *argv]))
+
+    assert parse() == UnlearnConfig()  # same defaults
+    cfg = UnlearnConfig(method="npo_klr_sure", pretrained="/t", out="/o", lr=3e-5, epochs=2,
+                        max_steps=7, alpha=20.0, sure_threshold="abs:1e-3", precision="bf16",
+                        sure_granularity="neuron", resume=True, progress=False)
+    argv = cfg.to_argv([f.name for f in fields(UnlearnConfig)])
+    assert parse(*argv) == cfg
+    assert "--no_progress" in argv and "--resume" in argv and "--overwrite" not in argv
+    assert "--plugin" not in argv  # unset
+    assert cfg.to_argv(["lr", "alpha"], compact=True) == ["--lr", "3e-05", "--alpha", "20"]
+    assert cfg.to_argv(["lr", "alpha"]) == ["--lr", "3e-05", "--alpha", "20.0"]
+    assert UnlearnConfig.set_in_argv(["--out=/a", "--lr", "1"], out="/b", pretrained="/p") == \
+        ["--out=/b", "--lr", "1", "--pretrained", "/p"]
+    with pytest.raises(MuseQuantError, match="missing --pretrained, --out"):
+        UnlearnConfig(method="ga").validate()
+    with pytest.raises(MuseQuantError, match="--max_steps must be at least 1"):
+        UnlearnConfig(method="ga", pretrained="/t", out="/o", max_steps=0).validate()
 
 
 def test_cli_errors(target, tmp_path, capsys):

@@ -13,7 +13,8 @@ from harness_ext.data.tokenized import TokenizedTexts
 from harness_ext.unlearning import (METHODS, available_methods, kl_to_reference, load_plugin,
                                     make_method)
 from harness_ext.unlearning.methods.npo import npo_loss
-from harness_ext.unlearning.sure import SureMask, parse_threshold
+from harness_ext.unlearning.saliency import SureMask
+from harness_ext.unlearning.sure import parse_threshold
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_METHODS = ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr"]
@@ -185,6 +186,52 @@ def test_example_plugin_registers_a_method_and_its_sure_variant():
         -0.5 * math.log(2), rel=1e-6)
     with pytest.raises(MuseQuantError, match="no such Python file"):
         load_plugin(REPO / "examples" / "missing.py")
+    assert "my_method_gdr" not in METHODS  # it has its own retain term: no generated variants
+
+
+FORGET_ONLY_PLUGIN = '''
+from harness_ext.unlearning import METHODS, UnlearningMethod, nll
+
+
+@METHODS.register("neg_nll")
+class NegNLL(UnlearningMethod):
+    summary = "forget loss only"
+
+    def forget_loss(self, model, ref_model, forget_batch):
+        return -nll(model, forget_batch)
+
+
+@METHODS.register("neg_nll_loss_only")
+class NegNLLLossOnly(UnlearningMethod):
+    def loss(self, model, ref_model, forget_batch, retain_batch):
+        return -nll(model, forget_batch)
+'''
+
+
+def test_a_forget_loss_gets_generated_gdr_klr_and_sure_variants(tmp_path):
+    plugin = tmp_path / "forget_only_methods.py"
+    plugin.write_text(FORGET_ONLY_PLUGIN)
+    load_plugin(plugin)
+    theta = Bigram([[0.0, 0.0], [0.0, 0.0]])  # uniform: forget NLL = retain NLL = ln 2
+    ref = Bigram([[LN3, 0.0], [0.0, LN3]])  # KL(ref || uniform) = kl0 at every position
+    kl0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    for base in ("neg_nll", "neg_nll_loss_only"):
+        for suffix in ("", "_gdr", "_klr"):
+            assert f"{base}{suffix}" in METHODS and f"{base}{suffix}_sure" in METHODS
+        assert not METHODS.get(base).needs_retain
+        gdr, klr = METHODS.get(f"{base}_gdr"), METHODS.get(f"{base}_klr_sure")
+        assert gdr.needs_retain and not gdr.needs_reference and gdr.reference_forwards() == 0
+        assert klr.needs_retain and klr.needs_reference and klr.reference_forwards() == 1
+        assert issubclass(gdr, METHODS.get(base)) and klr.sure
+        assert val(make_method(f"{base}_gdr", alpha=0.5).loss(
+            theta, None, hand_batch(), hand_batch())) == pytest.approx(-0.5 * math.log(2))
+        method = make_method(f"{base}_klr_sure", alpha=2.0)
+        assert val(method.loss(theta, ref, hand_batch(), hand_batch())) == pytest.approx(
+            -math.log(2) + 2.0 * kl0, rel=1e-6)
+        # SURE's saliency uses the forget term alone
+        assert val(method.forget_loss(theta, ref, hand_batch())) == pytest.approx(-math.log(2))
+    assert METHODS.get("neg_nll_klr").summary == \
+        "NEG_NLL + alpha * KL(p_ref || p_theta) on retain tokens"
 
 
 def test_contributing_shows_the_example_file_verbatim():

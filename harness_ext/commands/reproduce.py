@@ -29,7 +29,7 @@ HELP = "the paper's full-scale setup: unlearn MUSE's 7B target, sweep, leaderboa
 def add_arguments(parser) -> None:
     parser.add_argument("--corpus", required=True, help="news or books")
     parser.add_argument("--methods", default="all",
-                        help="comma-separated unlearning methods (default: all 12)")
+                        help="comma-separated unlearning methods (default: every registered one)")
     parser.add_argument("--quant", default="none,bnb-int8,bnb-fp4,gptq:4,awq:4",
                         help="comma-separated schemes for the sweep")
     parser.add_argument("--limit", type=int, default=None,

@@ -33,6 +33,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from ..recipes import SURE_PAPER, SURE_SUFFIX
+from ..unlearning.config import UnlearnConfig
+
 #: the six MUSE baselines and the SURE variants the issue asks for
 METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_gdr_sure", "npo_klr_sure")
 #: the sweep: full precision, bitsandbytes int8 and FP4 (the paper's 4-bit), RTN, GPTQ and AWQ
@@ -62,6 +65,13 @@ class ModelRecipe:
     finetune_qa_shuffles: int = 2
 
 
+def _paper_sure_arguments() -> dict:
+    """``{"<method>_sure": [--sure_threshold T --alpha A]}``: the paper's SURE settings
+    (:data:`harness_ext.recipes.SURE_PAPER`) as the demo passes them."""
+    return {f"{base}{SURE_SUFFIX}": UnlearnConfig(**hp).to_argv(list(hp), compact=True)
+            for base, hp in SURE_PAPER.items()}
+
+
 @dataclass(frozen=True)
 class UnlearnRecipe:
     """Arguments of ``muse-quant unlearn`` shared by every method (MUSE-News defaults)."""
@@ -78,27 +88,26 @@ class UnlearnRecipe:
     beta: float = 0.1
     precision: str = "fp32"
     seed: int = 0
-    #: per-method extra arguments: the paper's SURE settings (Zhang et al. 2025, Sec. 5)
-    method_args: dict = field(default_factory=lambda: {
-        "ga_gdr_sure": ["--sure_threshold", "99", "--alpha", "400"],
-        "npo_klr_sure": ["--sure_threshold", "90", "--alpha", "20"],
-    })
+    #: per-method extra arguments: the paper's SURE settings (Zhang et al. 2025, Sec. 5), kept as
+    #: arguments so that the config's JSON (which names the demo's cache) stays the same
+    method_args: dict = field(default_factory=_paper_sure_arguments)
 
     def arguments(self, method: str, lr: float | None = None,
                   precision: str | None = None) -> list[str]:
         """``muse-quant unlearn`` arguments for ``method`` (without --pretrained/--out)."""
         if lr is None:
-            lr = self.sure_lr if method.endswith("_sure") else self.lr
-        argv = ["--method", method, "--lr", f"{lr:g}", "--batch_size", str(self.batch_size),
-                "--grad_accum", str(self.grad_accum), "--max_len", str(self.max_len),
-                "--packing", self.packing, "--beta", f"{self.beta:g}", "--seed", str(self.seed),
-                "--precision", precision or self.precision]
-        argv += (["--max_steps", str(self.max_steps)] if self.max_steps
-                 else ["--epochs", f"{self.epochs:g}"])
+            lr = self.sure_lr if method.endswith(SURE_SUFFIX) else self.lr
+        cfg = UnlearnConfig(method=method, lr=lr, batch_size=self.batch_size,
+                            grad_accum=self.grad_accum, max_len=self.max_len,
+                            packing=self.packing, beta=self.beta, seed=self.seed,
+                            precision=precision or self.precision, max_steps=self.max_steps,
+                            epochs=self.epochs, alpha=self.alpha)
         extra = list(self.method_args.get(method, []))
-        if "--alpha" not in extra:
-            argv += ["--alpha", f"{self.alpha:g}"]
-        return argv + extra
+        keys = ["method", "lr", "batch_size", "grad_accum", "max_len", "packing", "beta", "seed",
+                "precision", "max_steps" if self.max_steps else "epochs"]
+        if UnlearnConfig.option("alpha") not in extra:
+            keys.append("alpha")
+        return cfg.to_argv(keys, compact=True) + extra
 
 
 @dataclass(frozen=True)

@@ -108,35 +108,17 @@ def _command_options(name: str) -> set[str]:
     return {opt for action in parser._actions for opt in action.option_strings}
 
 
-def _set_option(argv: list[str], option: str, value: str) -> list[str]:
-    out, i, found = [], 0, False
-    while i < len(argv):
-        arg = argv[i]
-        if arg == option:
-            out += [option, value]
-            i += 2
-            found = True
-            continue
-        if arg.startswith(option + "="):
-            out.append(f"{option}={value}")
-            found = True
-        else:
-            out.append(arg)
-        i += 1
-    return out if found else out + [option, value]
-
-
 def unlearn_arguments(command: list[str], out: str | Path, pretrained: str | None = None) \
         -> list[str]:
     """The run card's arguments after ``unlearn``, with ``--out`` (and ``--pretrained``) replaced."""
+    from ..unlearning.config import UnlearnConfig
+
     if not isinstance(command, list) or "unlearn" not in command:
         raise MuseQuantError("the run card's command is not a `muse-quant unlearn` command line",
                              "reproduce needs the run_card.json that `muse-quant unlearn` wrote")
     argv = [str(a) for a in command[command.index("unlearn") + 1:]]
-    argv = _set_option(argv, "--out", str(out))
-    if pretrained is not None:
-        argv = _set_option(argv, "--pretrained", str(pretrained))
-    return argv
+    settings = {"out": out} if pretrained is None else {"out": out, "pretrained": pretrained}
+    return UnlearnConfig.set_in_argv(argv, **settings)
 
 
 def compare_results(committed: dict, reproduced: dict, name: str) -> list[str]:

@@ -1,9 +1,15 @@
-"""Unlearning methods, one file each, and the ``muse-quant unlearn`` trainer.
+"""Unlearning methods and the ``muse-quant unlearn`` trainer.
 
-Adding a method: create ``harness_ext/unlearning/<name>.py`` (or any file passed with
+Adding a method: create ``harness_ext/unlearning/methods/<name>.py`` (or any file passed with
 ``muse-quant unlearn --plugin FILE``) with an :class:`UnlearningMethod` subclass decorated by
-``@METHODS.register("<name>")``. Every module of this folder is imported on first use and a
-``<name>_sure`` variant is generated for each method, so nothing else needs editing.
+``@METHODS.register("<name>")`` that defines its forget loss. Every module of ``methods/`` is
+imported on first use; ``<name>_gdr`` / ``<name>_klr`` (:mod:`.regularizers`) and a ``_sure``
+variant of each (:mod:`.sure`) are generated, so nothing else needs editing.
+
+Layout: ``base`` (interface, registry), ``losses``, ``methods/``, ``regularizers``, ``sure`` /
+``saliency``, ``lora``; the trainer: ``config`` (:class:`UnlearnConfig`, the CLI options),
+``data``, ``loop`` (:class:`UnlearningRun`, :func:`unlearn`), ``checkpoint`` (outputs, resume).
+Importing the package or the registry does not import torch.
 """
 
 from __future__ import annotations
@@ -16,14 +22,17 @@ from ..errors import MuseQuantError
 from .base import METHODS, UnlearningMethod
 from .losses import kl_to_reference, nll, sequence_logprob
 
+
 def _discover() -> None:
     from ..registry import import_submodules
 
     from . import methods
 
     import_submodules(methods.__name__, methods.__path__)
+    from .regularizers import register_regularized_variants
     from .sure import register_sure_variants
 
+    register_regularized_variants()
     register_sure_variants()
 
 
@@ -57,6 +66,17 @@ def available_methods() -> list[tuple[str, str]]:
     return [(name, cls.summary) for name, cls in METHODS.items()]
 
 
+def builtin_method_names() -> list[str]:
+    """The methods this package defines (no plugins): the forget methods and their regularized
+    variants, then the SURE variants in the same order."""
+    from ..recipes import SURE_SUFFIX
+
+    _discover()
+    own = [name for name, cls in METHODS.items() if cls.__module__.startswith(__name__ + ".")]
+    plain = [name for name in own if not METHODS.get(name).sure]
+    return plain + [f"{name}{SURE_SUFFIX}" for name in plain if f"{name}{SURE_SUFFIX}" in own]
+
+
 def get_method_class(name: str) -> type[UnlearningMethod]:
     _discover()
     return METHODS.get(name)
@@ -69,5 +89,6 @@ def make_method(name: str, alpha: float = 1.0, beta: float = 0.1) -> UnlearningM
     return method
 
 
-__all__ = ["METHODS", "UnlearningMethod", "available_methods", "get_method_class",
-           "kl_to_reference", "load_plugin", "make_method", "nll", "sequence_logprob"]
+__all__ = ["METHODS", "UnlearningMethod", "available_methods", "builtin_method_names",
+           "get_method_class", "kl_to_reference", "load_plugin", "make_method", "nll",
+           "sequence_logprob"]

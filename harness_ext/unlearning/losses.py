@@ -2,21 +2,21 @@
 
 All are averaged the way their docstrings say. Batches are dicts with ``input_ids``,
 ``attention_mask`` and ``labels`` (-100 on padding), as
-:meth:`harness_ext.data.tokenized.TokenizedTexts.batch` builds them.
+:meth:`harness_ext.data.tokenized.TokenizedTexts.batch` builds them. torch is imported on first
+use, so the method registry (which imports this module) loads without it.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
-
-def sequence_nll(model, batch: dict[str, torch.Tensor], reduction: str = "token_mean"):
+def sequence_nll(model, batch: dict, reduction: str = "token_mean"):
     """Negative log-likelihood of each batch row's tokens 1..T-1.
 
     ``reduction``: ``"token_mean"`` (one scalar, mean over all real tokens: HF's loss),
     ``"sum_per_sequence"`` (a vector: the sequence NLL, -log p(y|x)).
     """
+    import torch
+
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logits = out.logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
@@ -28,28 +28,34 @@ def sequence_nll(model, batch: dict[str, torch.Tensor], reduction: str = "token_
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def nll(model, batch) -> torch.Tensor:
+def nll(model, batch):
     """L_NLL: token-mean negative log-likelihood over all real tokens of the batch (HF's loss)."""
     return sequence_nll(model, batch, "token_mean")
 
 
-def sequence_logprob(model, batch) -> torch.Tensor:
+def sequence_logprob(model, batch):
     """log p(y|x) of each row: the SUM of its token log-probabilities (a vector, one per row)."""
     return -sequence_nll(model, batch, "sum_per_sequence")
 
 
-@torch.no_grad()
-def reference_sequence_logprob(ref_model, batch) -> torch.Tensor:
-    return sequence_logprob(ref_model, batch)
+def reference_sequence_logprob(ref_model, batch):
+    """:func:`sequence_logprob` of the frozen reference, without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return sequence_logprob(ref_model, batch)
 
 
-def kl_to_reference(model, ref_model, batch) -> torch.Tensor:
+def kl_to_reference(model, ref_model, batch):
     """KL(p_ref || p_theta) of the next-token distributions, averaged over real tokens.
 
     For each position t whose target token is real (``labels[:, t+1] != -100``, the same
     positions the NLL scores): sum over the vocabulary of p_ref * (log p_ref - log p_theta).
     Computed from log-softmax of both models' logits (not ``kl_div`` on raw logits).
     """
+    import torch
+    import torch.nn.functional as F
+
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     with torch.no_grad():
         ref_logits = ref_model(input_ids=batch["input_ids"],

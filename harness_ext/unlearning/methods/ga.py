@@ -1,20 +1,16 @@
-"""Gradient ascent (GA) and its regularized variants GA_GDR and GA_KLR.
+"""Gradient ascent (GA).
 
 As defined in MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language
-Models", Sec. 4 / App. "Unlearning methods"):
-
-* **GA** minimizes  -L_NLL(theta; D_forget), the negated token-mean NLL of the forget batch
-  (gradient ascent on the language-modelling loss; Jang et al. 2023, "Knowledge Unlearning").
-* **GA_GDR** adds alpha * L_NLL(theta; D_retain)  (gradient descent on retain, "GDR").
-* **GA_KLR** adds alpha * KL(p_ref || p_theta) on retain tokens ("KLR"), a true KL between the
-  target's and the model's next-token distributions averaged over real tokens
-  (:func:`.base.kl_to_reference`; MUSE's code applies ``kl_div`` to raw logits instead).
+Models", Sec. 4 / App. "Unlearning methods"): **GA** minimizes -L_NLL(theta; D_forget), the
+negated token-mean NLL of the forget batch (gradient ascent on the language-modelling loss; Jang
+et al. 2023, "Knowledge Unlearning"). GA_GDR and GA_KLR add a retain term
+(:mod:`..regularizers`).
 """
 
 from __future__ import annotations
 
 from ..base import METHODS, UnlearningMethod
-from ..losses import kl_to_reference, nll
+from ..losses import nll
 
 
 @METHODS.register("ga")
@@ -23,27 +19,3 @@ class GA(UnlearningMethod):
 
     def forget_loss(self, model, ref_model, forget_batch):
         return -nll(model, forget_batch)
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return self.forget_loss(model, ref_model, forget_batch)
-
-
-@METHODS.register("ga_gdr")
-class GA_GDR(GA):
-    summary = "GA + alpha * NLL(retain)"
-    needs_retain = True
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return (self.forget_loss(model, ref_model, forget_batch)
-                + self.alpha * nll(model, retain_batch))
-
-
-@METHODS.register("ga_klr")
-class GA_KLR(GA):
-    summary = "GA + alpha * KL(p_ref || p_theta) on retain tokens"
-    needs_retain = True
-    needs_reference = True
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return (self.forget_loss(model, ref_model, forget_batch)
-                + self.alpha * kl_to_reference(model, ref_model, retain_batch))

@@ -1,4 +1,4 @@
-"""Negative Preference Optimization (NPO) and its regularized variants NPO_GDR and NPO_KLR.
+"""Negative Preference Optimization (NPO).
 
 Zhang, Lin, Bai, Mei 2024, "Negative Preference Optimization: From Catastrophic Collapse to
 Effective Unlearning", eq. (3):
@@ -7,24 +7,22 @@ Effective Unlearning", eq. (3):
                                                               - log p_ref(y|x))) ]
 
 where log p(y|x) is the SEQUENCE log-likelihood (the sum of the token log-probabilities of a
-batch row, :func:`.base.sequence_logprob`), the expectation is the mean over the batch rows, and
-ref is the frozen target model. (MUSE's and the quantization paper's code plug raw logits into
-this formula instead of log-likelihoods.)
-
-* **NPO_GDR** adds alpha * L_NLL(theta; D_retain).
-* **NPO_KLR** adds alpha * KL(p_ref || p_theta) on retain tokens (:func:`.base.kl_to_reference`).
+batch row, :func:`..losses.sequence_logprob`), the expectation is the mean over the batch rows,
+and ref is the frozen target model. (MUSE's and the quantization paper's code plug raw logits
+into this formula instead of log-likelihoods.) NPO_GDR and NPO_KLR add a retain term
+(:mod:`..regularizers`).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from ..base import METHODS, UnlearningMethod
-from ..losses import kl_to_reference, nll, reference_sequence_logprob, sequence_logprob
+from ..losses import reference_sequence_logprob, sequence_logprob
 
 
 def npo_loss(model, ref_model, batch, beta: float):
     """Eq. (3) of the NPO paper on one batch (mean over its rows)."""
+    import torch.nn.functional as F
+
     log_ratio = sequence_logprob(model, batch) - reference_sequence_logprob(ref_model, batch)
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
@@ -36,26 +34,3 @@ class NPO(UnlearningMethod):
 
     def forget_loss(self, model, ref_model, forget_batch):
         return npo_loss(model, ref_model, forget_batch, self.beta)
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return self.forget_loss(model, ref_model, forget_batch)
-
-
-@METHODS.register("npo_gdr")
-class NPO_GDR(NPO):
-    summary = "NPO + alpha * NLL(retain)"
-    needs_retain = True
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return (self.forget_loss(model, ref_model, forget_batch)
-                + self.alpha * nll(model, retain_batch))
-
-
-@METHODS.register("npo_klr")
-class NPO_KLR(NPO):
-    summary = "NPO + alpha * KL(p_ref || p_theta) on retain tokens"
-    needs_retain = True
-
-    def loss(self, model, ref_model, forget_batch, retain_batch):
-        return (self.forget_loss(model, ref_model, forget_batch)
-                + self.alpha * kl_to_reference(model, ref_model, retain_batch))

@@ -5,6 +5,9 @@ download``, ``unlearn``, ``sweep``, ``leaderboard add``) with the file that mark
 estimate of its disk, GPU memory and time. ``reproduce`` runs the stages in order (skipping the
 done ones), prints them (``--dry-run``) or writes them as SLURM job arrays (``--emit-slurm``).
 Nothing here imports torch or needs the hub, so planning is instant and works on any machine.
+The methods are every method the package registers; their settings come from
+:mod:`harness_ext.recipes`, their command lines from
+:class:`~harness_ext.unlearning.config.UnlearnConfig`.
 
 Output layout under ``--out`` (what ``muse-quant leaderboard add`` collects)::
 
@@ -20,143 +23,15 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MuseQuantError
-from .recipes import CORPORA, PAPER_SCHEMES as DEFAULT_QUANT, REQUIRED_SCHEMES, paper_hyperparameters
-BASE_METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
-ALL_METHODS = BASE_METHODS + tuple(f"{m}_sure" for m in BASE_METHODS)
-HUB = {"news": ("muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain"),
-       "books": ("muse-bench/MUSE-Books_target", "muse-bench/MUSE-Books_retrain")}
+from ..errors import MuseQuantError
+from ..recipes import (CORPORA, PAPER_SCHEMES as DEFAULT_QUANT, REQUIRED_SCHEMES,
+                       paper_hyperparameters)
+from .estimate import (CHARS_PER_TOKEN, FORGET_TOKENS, HUB, KNOWN_MODELS, LLAMA2_7B, Assumptions,
+                       Estimate, estimate, model_shape)
 
-#: Known model shapes (no hub access needed). MUSE's targets/retrains are Llama-2-7B fine-tunes.
-LLAMA2_7B = {"params": 6.74e9, "hidden": 4096, "layers": 32, "vocab": 32000}
-KNOWN_MODELS = {repo: LLAMA2_7B for pair in HUB.values() for repo in pair}
-
-#: Forget-set size in tokens, used when the text is not on this machine: NEWS is MUSE's
-#: raw/forget.json (3.28 M characters at ~4 characters per Llama-2 token); BOOKS is an assumption
-#: of the same order (MUSE's Harry Potter forget set).
-FORGET_TOKENS = {"news": 0.82e6, "books": 1.1e6}
-CHARS_PER_TOKEN = 4.0
-#: Evaluation per corpus (100 items per MUSE file): prompt tokens prefilled, tokens generated.
-EVAL_ITEMS = {"verbmem": (100, 1000, 128), "knowmem": (200, 400, 32), "privleak": (200, 2000, 0)}
-
-
-# ------------------------------------------------------------------------------ estimates
-@dataclass
-class Assumptions:
-    """What the estimates assume; printed with the plan."""
-
-    tflops: float = 400.0      # sustained bf16 TFLOP/s (H100 SXM ~40% of 989 peak; A100: ~150)
-    hbm_tbs: float = 2.0       # sustained GPU memory bandwidth, TB/s (H100 3.35 peak)
-    gpu_gb: float = 80.0       # memory of one GPU, GB
-    eval_batch: int = 8
-    calib_minutes_7b: float = 10.0  # GPTQ / AWQ calibration of a 7B model
-
-    def lines(self) -> list[str]:
-        return [
-            f"throughput {self.tflops:g} TFLOP/s sustained bf16 (--tflops; H100 ~400, A100 ~150),"
-            f" memory bandwidth {self.hbm_tbs:g} TB/s (--hbm_tbs), one GPU of {self.gpu_gb:g} GB",
-            "training FLOPs = 6 x params per trained token (forward+backward) + 2 x params per "
-            "token of a frozen reference forward; retain batches are as large as forget batches",
-            "training memory = params x bytes/param (bf16: weights 2 + grads 2 + AdamW 4 [states "
-            "in the weight dtype]; fp32: 16) + reference model (2 or 4 bytes/param, NPO/KLR) + "
-            "activations 34 x hidden x layers x batch x max_len bytes per live graph (no "
-            "recomputation; GDR/KLR keep forget and retain graphs) + fp32 logits 12 x vocab x "
-            "batch x max_len bytes; rough, +10% allocator overhead",
-            "evaluation: prefill 2 x params FLOPs per prompt token; decoding reads all weights "
-            f"once per step at batch {self.eval_batch}; quantization here is simulated (weights "
-            "stay bf16), so every scheme costs what bf16 costs; GPTQ/AWQ add "
-            f"{self.calib_minutes_7b:g} min calibration per 7B params",
-            "the sweep loads models in their stored dtype (the unlearning delta is saved in it); "
-            "the estimates assume bf16 storage; "
-            "disk: bf16 = 2 bytes/param (7B Llama-2 ~13.5 GB); unlearning keeps a resume "
-            "checkpoint (trainable weights + AdamW states) until it finishes, then writes a "
-            "delta (theta_u - theta_o) of the tensors it changed",
-        ]
-
-
-@dataclass
-class Estimate:
-    disk_gb: float
-    gpu_gb: float
-    hours: float
-
-
-def estimate(kind: str, shape: dict, a: Assumptions, *, method: str = "", corpus: str = "news",
-             epochs: int = 10, batch_size: int = 4, max_len: int = 2048,
-             precision: str = "bf16", forget_tokens: float = 0.0, limit: int | None = None,
-             sure_threshold: float = 90.0, scheme: str = "none") -> Estimate:
-    """Disk (GB), peak GPU memory (GB) and hours of one stage; formulas in :class:`Assumptions`.
-
-    ``kind``: ``fetch`` (download a model), ``unlearn`` (one method), ``eval`` (one scheme of a
-    sweep), ``leaderboard`` (copy results, hash a checkpoint).
-    """
-    p, gb = shape["params"], 1e9
-    if kind == "fetch":
-        return Estimate(2 * p / gb, 0.0, 2 * p / gb / 100 / 3600)  # ~100 MB/s
-    if kind == "leaderboard":
-        return Estimate(0.001, 0.0, 2 * p / gb / 0.5 / 3600)  # sha256 at ~0.5 GB/s
-    h, layers, vocab = shape["hidden"], shape["layers"], shape["vocab"]
-    if kind == "unlearn":
-        base = method[:-5] if method.endswith("_sure") else method
-        retain, ref = base.endswith(("_gdr", "_klr")), base.startswith("npo") or \
-            base.endswith("_klr")
-        per_param = {"bf16": 8, "bf16-mixed": 16, "fp32": 16}[precision]
-        w_bytes = 4 if precision == "fp32" else 2
-        graphs = 2 if retain else 1
-        act = graphs * (34 * h * layers + 12 * vocab) * batch_size * max_len
-        gpu = (per_param * p + (w_bytes * p if ref else 0) + act) * 1.1
-        # FLOPs per forget token: forget fwd+bwd, retain fwd+bwd, reference forwards
-        ref_fwd = (1 if base.startswith("npo") else 0) + (1 if base.endswith("_klr") else 0)
-        flops_tok = 6 * p * (1 + retain) + 2 * p * ref_fwd
-        flops = forget_tokens * epochs * flops_tok
-        if method.endswith("_sure"):
-            flops += 6 * p * forget_tokens  # saliency: one gradient pass over the forget set
-        trained = 1.0 - sure_threshold / 100.0 if method.endswith("_sure") else 1.0
-        disk = (per_param - 2) * p * trained + w_bytes * p * trained  # resume ckpt + delta
-        return Estimate(disk / gb, gpu / gb, flops / (a.tflops * 1e12) / 3600)
-    if kind == "eval":
-        prefill = gen = 0.0
-        for n, prompt, new in EVAL_ITEMS.values():
-            n = min(n, limit) if limit else n
-            prefill += n * prompt
-            gen += n * new
-        seconds = 2 * p * prefill / (a.tflops * 1e12) + \
-            (gen / a.eval_batch) * (2 * p) / (a.hbm_tbs * 1e12)
-        from .quantizers import describe_scheme
-
-        if describe_scheme(scheme).needs_calibration:
-            seconds += a.calib_minutes_7b * 60 * p / 6.74e9
-        kv = a.eval_batch * 4096 * 2 * layers * h * 2  # bf16 K and V, 4096-token context
-        logits = a.eval_batch * 4096 * vocab * 4
-        return Estimate(0.001, (2 * p + kv + logits) * 1.1 / gb, seconds / 3600)
-    raise ValueError(kind)
-
-
-def model_shape(pretrained: str) -> dict:
-    """Parameter count etc. from the table, or from a local folder's config.json."""
-    if pretrained in KNOWN_MODELS:
-        return dict(KNOWN_MODELS[pretrained])
-    config = Path(pretrained) / "config.json"
-    if not config.is_file():
-        raise MuseQuantError(f"--pretrained {pretrained}: not a known model and no config.json "
-                             "there to count its parameters",
-                             f"pass a local model folder or one of {', '.join(KNOWN_MODELS)}")
-    try:
-        c = json.loads(config.read_text(encoding="utf-8"))
-        h, layers, vocab = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["vocab_size"])
-        inter = int(c.get("intermediate_size", 4 * h))
-        heads = int(c.get("num_attention_heads", 1))
-        kv = int(c.get("num_key_value_heads", heads))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise MuseQuantError(f"{config}: cannot read the model shape ({exc})",
-                             "pass a Llama-style model folder with a complete config.json") \
-            from None
-    head_dim = int(c.get("head_dim") or h // heads)
-    attn = h * head_dim * (2 * heads + 2 * kv)
-    per_layer = attn + 3 * h * inter + 2 * h
-    emb = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
-    return {"params": float(layers * per_layer + emb + h), "hidden": h, "layers": layers,
-            "vocab": vocab}
+#: the settings of an unlearning stage's command line, in its order (sure_threshold: SURE only)
+UNLEARN_KEYS = ("method", "pretrained", "corpus", "muse_data", "out", "epochs", "lr", "alpha",
+                "batch_size", "grad_accum", "precision", "save", "progress")
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -206,7 +81,7 @@ def parse_schemes(text: str | None) -> list[str]:
     schemes = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
     if not schemes:
         raise MuseQuantError(f"--quant {text!r} names no scheme", "e.g. --quant none,bnb-fp4")
-    from .quantizers import parse_scheme  # validates the names; loads no model
+    from ..quantizers import parse_scheme  # validates the names; loads no model
 
     for s in schemes:
         try:
@@ -230,7 +105,11 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
                assumptions: Assumptions | None = None) -> Plan:
     if corpus not in CORPORA:
         raise MuseQuantError(f"unknown corpus {corpus!r}", f"use --corpus {' or '.join(CORPORA)}")
-    methods = parse_list(methods, ALL_METHODS, ALL_METHODS, "method")
+    from ..unlearning import builtin_method_names
+    from ..unlearning.config import UnlearnConfig
+
+    registered = tuple(builtin_method_names())
+    methods = parse_list(methods, registered, registered, "method")
     if sure_threshold is not None and not str(sure_threshold).startswith("abs:"):
         try:
             ok = 0 <= float(sure_threshold) <= 100
@@ -283,14 +162,12 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
     for m in methods:
         hp = paper_hyperparameters(corpus, m, sure_threshold)
         udir = out / "unlearn" / m
-        argv = ["muse-quant", "unlearn", "--method", m, "--pretrained", target_dir,
-                "--corpus", corpus, "--muse_data", muse_data, "--out", str(udir),
-                "--epochs", str(hp["epochs"]), "--lr", f"{hp['lr']:g}",
-                "--alpha", f"{hp['alpha']:g}", "--batch_size", str(batch_size),
-                "--grad_accum", str(grad_accum), "--precision", precision, "--save", save,
-                "--no_progress"]
-        if "sure_threshold" in hp:
-            argv += ["--sure_threshold", hp["sure_threshold"]]
+        cfg = UnlearnConfig.from_hyperparameters(
+            hp, method=m, pretrained=target_dir, corpus=corpus, muse_data=muse_data,
+            out=str(udir), batch_size=batch_size, grad_accum=grad_accum, precision=precision,
+            save=save, progress=False)
+        keys = UNLEARN_KEYS + (("sure_threshold",) if "sure_threshold" in hp else ())
+        argv = ["muse-quant", "unlearn", *cfg.to_argv(keys, compact=True)]
         thr_text = str(hp.get("sure_threshold", "90"))
         thr = 90.0 if thr_text.startswith("abs:") else float(thr_text)
         est = estimate("unlearn", shape, a, method=m, corpus=corpus, epochs=hp["epochs"],
@@ -385,81 +262,3 @@ def format_plan(plan: Plan) -> str:
               f"disk up to {disk:.0f} GB"]
     return "\n".join(lines)
 
-
-# ------------------------------------------------------------------------------ SLURM
-SBATCH = """#!/bin/bash
-#SBATCH --job-name=muse-{corpus}-{kind}
-#SBATCH --array=0-{last}
-#SBATCH --gpus=1
-#SBATCH --time={time}
-#SBATCH --output={logs}/{kind}_%A_%a.log
-# One array task per line of {cells} ("DONE_FILE<TAB>COMMAND"); a task whose DONE_FILE exists exits.
-set -euo pipefail
-cd {cwd}
-LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {cells})
-DONE=${{LINE%%$'\\t'*}}
-CMD=${{LINE#*$'\\t'}}
-if [ -e "$DONE" ]; then echo "already done: $DONE"; exit 0; fi
-echo "$CMD"
-eval "$CMD"
-"""
-
-SUBMIT = """#!/bin/bash
-# Submit the reproduction as dependent SLURM jobs (written by muse-quant reproduce --emit-slurm).
-# fetch -> unlearn array (one method per task) -> sweep array (one model x scheme per task)
-# -> leaderboard entries. afterok: a later array starts when every task of the earlier one
-# succeeded. Re-running this script resubmits; finished cells exit at once.
-set -euo pipefail
-cd "$(dirname "$0")"
-DEP=""
-{body}
-"""
-
-
-def emit_slurm(plan: Plan, directory: str | Path) -> dict:
-    """Write the SLURM scripts into an empty/new ``directory``; returns ``{name: path}``."""
-    d = Path(directory)
-    if d.exists() and (not d.is_dir() or any(d.iterdir())):
-        raise MuseQuantError(f"--emit-slurm {d} exists and is not an empty folder",
-                             "pass a new folder (nothing is overwritten)")
-    d.mkdir(parents=True, exist_ok=True)
-    cwd = shlex.quote(str(Path.cwd()))
-    logs = d.resolve() / "logs"
-    logs.mkdir()
-    written, body = {}, []
-    groups = {"fetch": plan.by_kind("fetch"), "unlearn": plan.by_kind("unlearn"),
-              "sweep": [c for s in plan.by_kind("sweep") for c in s.cells],
-              "leaderboard": plan.by_kind("leaderboard")}
-    for kind, cells in groups.items():
-        if not cells:
-            continue
-        cell_file = d / f"{kind}_cells.tsv"
-        cell_file.write_text("".join(f"{c.done}\t{c.command}\n" for c in cells),
-                             encoding="utf-8")
-        hours = max(c.est.hours for c in cells) * 2 + 0.5  # 2x the estimate + 30 min margin
-        script = SBATCH.format(corpus=plan.corpus, kind=kind, last=len(cells) - 1,
-                               time=f"{int(hours)}:{int(hours % 1 * 60):02d}:00", logs=logs,
-                               cells=shlex.quote(str(cell_file.resolve())), cwd=cwd)
-        if kind in ("fetch", "leaderboard"):
-            script = script.replace("#SBATCH --gpus=1", "#SBATCH --gpus=0")
-        if kind == "leaderboard":  # entries are added one after the other (target first)
-            script = script.replace(f"--array=0-{len(cells) - 1}",
-                                    f"--array=0-{len(cells) - 1}%1")
-        path = d / f"{kind}.sbatch"
-        path.write_text(script, encoding="utf-8")
-        written[kind] = path
-        written[f"{kind}_cells"] = cell_file
-        body.append(f"JOB=$(sbatch --parsable $DEP {kind}.sbatch)\n"
-                    f"echo \"{kind}: job $JOB ({len(cells)} tasks)\"\n"
-                    f"DEP=\"--dependency=afterok:$JOB\"")
-    submit = d / "submit.sh"
-    submit.write_text(SUBMIT.format(body="\n".join(body)), encoding="utf-8")
-    submit.chmod(0o755)
-    written["submit"] = submit
-    return written
-
-
-def cell_argv(command: str) -> list[str]:
-    """A plan command as ``muse-quant`` CLI arguments (without the program name)."""
-    argv = shlex.split(command)
-    return argv[1:] if argv and argv[0] == "muse-quant" else argv
