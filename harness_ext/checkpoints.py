@@ -279,5 +279,7 @@ def save_delta(delta: dict[str, torch.Tensor], path: str | Path) -> Path:
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(delta, str(tmp), metadata={"format": "pt", "muse_quant": "theta_u - theta_o"})
+        # one metadata key: safetensors writes a dict in random order, so two keys would make the
+        # file's bytes (and its sha256) differ from run to run
+        save_file(delta, str(tmp), metadata={"muse_quant": "delta theta_u - theta_o (format pt)"})
     return path
