@@ -21,12 +21,15 @@ against fixtures made by llama.cpp itself (``tests/data/gguf/make_golden.py``).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 QK_K = 256
 F32 = np.float32
 _EPS = F32(1e-15)  # GROUP_MAX_EPS
-_CHUNK_BLOCKS = 4096  # super-blocks processed at once (bounds the temporary arrays)
+_CHUNK_BLOCKS = 256  # super-blocks per step: the temporaries stay in cache (fastest measured)
 
 # type name -> (block size, bytes per block)
 BLOCK_SIZES = {"F16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22),
@@ -43,7 +46,7 @@ K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 def nearest_int(f: np.ndarray) -> np.ndarray:
     """llama.cpp's ``nearest_int``: add 1.5 * 2^23 in float32 and read the mantissa bits."""
     bits = (np.asarray(f, dtype=F32) + F32(12582912.0)).view(np.int32)
-    return ((bits & 0x007FFFFF) - 0x00400000).astype(np.int32)
+    return (bits & 0x007FFFFF) - 0x00400000
 
 
 def fp16_bits(f: np.ndarray) -> np.ndarray:
@@ -384,9 +387,19 @@ def quantize(data: np.ndarray, type_name: str) -> np.ndarray:
         return out
     blocks = data.reshape(-1, QK_K)
     out = np.empty((blocks.shape[0], size), np.uint8)
-    for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
-        stop = start + _CHUNK_BLOCKS
-        out[start:stop] = _K_QUANTIZERS[type_name](blocks[start:stop])
+
+    def run(start):
+        out[start:start + _CHUNK_BLOCKS] = _K_QUANTIZERS[type_name](
+            blocks[start:start + _CHUNK_BLOCKS])
+
+    starts = range(0, blocks.shape[0], _CHUNK_BLOCKS)
+    workers = min(len(starts), os.cpu_count() or 1, 8)
+    if workers > 1:  # numpy releases the GIL in the array operations
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, starts))
+    else:
+        for start in starts:
+            run(start)
     return out.reshape(rows, cols // block * size)
 
 
