@@ -39,9 +39,7 @@ LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
-# ------------------------------------------------------------------------------------------
-# scalar helpers, elementwise on arrays
-# ------------------------------------------------------------------------------------------
+# --- scalar helpers, elementwise on arrays -------------------------------------------------
 
 def nearest_int(f: np.ndarray) -> np.ndarray:
     """llama.cpp's ``nearest_int``: add 1.5 * 2^23 in float32 and read the mantissa bits."""
@@ -81,9 +79,7 @@ def _u8(values: np.ndarray) -> np.ndarray:
     return (values & 0xFF).astype(np.uint8)
 
 
-# ------------------------------------------------------------------------------------------
-# the per-sub-block searches; x has the values on axis 0 and one sub-block per column
-# ------------------------------------------------------------------------------------------
+# --- the per-sub-block searches; x has the values on axis 0 and one sub-block per column ---
 
 def make_qx_quants(x: np.ndarray, nmax: int):
     """``make_qx_quants`` with rmse_type 1 (weights x^2) and no quant weights -> (scale, L)."""
@@ -184,9 +180,7 @@ def make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep, use_mad):
     return np.where(flat, F32(0), scale), -mn, np.where(flat, 0, levels)
 
 
-# ------------------------------------------------------------------------------------------
-# super-block quantizers: blocks (n, 256) float32 -> bytes (n, type size)
-# ------------------------------------------------------------------------------------------
+# --- super-block quantizers: blocks (n, 256) float32 -> bytes (n, type size) ---------------
 
 def _columns(blocks, sub):
     """(n, 256) -> (sub, n * 256 / sub): one sub-block per column."""
@@ -305,8 +299,9 @@ def quantize_q4_k(blocks):
 
 def quantize_q5_k(blocks):
     head, q = _quantize_k_with_min(blocks, 31, -0.5, 15)
-    shifts = (2 * np.arange(4, dtype=np.uint8))[:, None, None]  # bits 2c, 2c+1 for chunk c
-    qh = np.bitwise_or.reduce((q >> 4) << (shifts + np.array([0, 1], np.uint8)[:, None]), axis=(1, 2))
+    # the 5th bit of L[64c + l] goes to bit 2c of qh[l], that of L[64c + 32 + l] to bit 2c + 1
+    shifts = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)
+    qh = np.bitwise_or.reduce((q >> 4) << shifts, axis=(1, 2))
     low = q & 0xF
     return np.concatenate([*head, qh, (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)],
                           axis=1)
@@ -340,9 +335,7 @@ _K_QUANTIZERS = {"Q2_K": quantize_q2_k, "Q3_K": quantize_q3_k, "Q4_K": quantize_
                  "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k}
 
 
-# ------------------------------------------------------------------------------------------
-# whole tensors
-# ------------------------------------------------------------------------------------------
+# --- whole tensors -------------------------------------------------------------------------
 
 def _qtype(type_name: str):
     from gguf import GGMLQuantizationType
