@@ -278,17 +278,16 @@ def _quantize_k_with_min(blocks, nmax, rmin, nstep):
     scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
     max_scale = np.maximum(scales.max(axis=1), F32(0))
     max_min = np.maximum(mins.max(axis=1), F32(0))
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # denormal max: inf
         inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
         inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))
-    ls = np.minimum(_u8(nearest_int(inv_scale[:, None] * scales)), 63)
-    lm = np.minimum(_u8(nearest_int(inv_min[:, None] * mins)), 63)
+        ls = np.minimum(_u8(nearest_int(inv_scale[:, None] * scales)), 63)
+        lm = np.minimum(_u8(nearest_int(inv_min[:, None] * mins)), 63)
     d_bits, m_bits = fp16_bits(max_scale / F32(63)), fp16_bits(max_min / F32(63))
     d = fp16_value(d_bits)[:, None] * ls.astype(F32)
     dm = fp16_value(m_bits)[:, None] * lm.astype(F32)
     q = _requantize(blocks, d, dm, _rows(levels, n), 32, 0, nmax)
-    head = [_fp16_bytes(d_bits), _fp16_bytes(m_bits),
-            _pack_k4_scales(ls, lm)]
+    head = [_fp16_bytes(d_bits), _fp16_bytes(m_bits), _pack_k4_scales(ls, lm)]
     return head, q.reshape(n, 4, 2, 32).astype(np.uint8)  # [64-chunk, low/high half, l]
 
 
@@ -375,7 +374,8 @@ def quantize(data: np.ndarray, type_name: str) -> np.ndarray:
     if type_name in LEGACY_TYPES:
         from gguf import quants
 
-        out = quants.quantize(data, _qtype(type_name))
+        with np.errstate(all="ignore"):  # huge or denormal blocks overflow as in C
+            out = quants.quantize(data, _qtype(type_name))
         _c_signed_zeros(data.reshape(-1, block), out.reshape(-1, size), type_name)
         return out
     blocks = data.reshape(-1, QK_K)
