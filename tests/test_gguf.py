@@ -15,7 +15,7 @@ import torch
 from harness_ext.errors import MuseQuantError
 from harness_ext.quantizers import apply as qapply
 from harness_ext.quantizers import gguf_kquants as kq
-from harness_ext.quantizers import parse_scheme
+from harness_ext.quantizers import available_schemes, parse_scheme
 from harness_ext.quantizers.schemes.gguf import mix_type, shape_fallback, use_more_bits
 from harness_ext.toy.tiny import build_tiny_llama
 
@@ -252,6 +252,17 @@ def test_mix_quantizes_embedding_and_output_and_records_them():
     assert "lm_head" in report["modules"]
     assert torch.equal(model.model.embed_tokens.weight,
                        torch.from_numpy(kq.fake_quantize(emb.numpy(), "Q4_K")))
+
+
+def test_diagnose_sees_the_per_tensor_types_of_a_mix():
+    model = small(num_hidden_layers=8, intermediate_size=256)
+    names = ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]
+    out = list(parse_scheme("gguf:q4_k_m").diagnostic_weights(model, names))
+    assert [name for name, _, _ in out] == names and all(step is None for _, _, step in out)
+    for (name, q, _), ggml_type in zip(out, ["Q6_K", "Q4_K"]):  # use_more_bits(0 / 1, 8)
+        w = model.get_submodule(name).weight.detach().numpy()
+        assert np.array_equal(q.numpy(), kq.fake_quantize(w, ggml_type)), name
+    assert "gguf:TYPE" in [usage for usage, _ in available_schemes()]
 
 
 def test_scheme_errors():

@@ -237,7 +237,8 @@ class GGUF(Quantizer):
 
     # -- model-level interface ----------------------------------------------------------
     def quantized_weights(self, model, module_names, calibration=None):
-        """``(module name, dequantized weight)`` of the Linear modules (not the embedding)."""
+        """``(module name, dequantized weight)`` of the Linear modules (not the embedding); a
+        mix also yields the LM head, which it always quantizes."""
         plan = self.plan(model, module_names)
         self._record(plan)
         for item in plan:
@@ -247,10 +248,16 @@ class GGUF(Quantizer):
                     yield name, quantized
 
     def diagnostic_weights(self, model, module_names, calibration=None):
+        """Q(W) of ``module_names`` as the scheme quantizes them in the model (no step)."""
         wanted = set(module_names)
-        for name, quantized in self.quantized_weights(model, module_names, calibration):
-            if name in wanted:
-                yield name, quantized, None
+        plan = self.plan(model, module_names)
+        self._record(plan)
+        for item in plan:
+            names = [name for name in item.modules if name in wanted]
+            if names:
+                quantized = fake_quantize_tensor(item.weight, item.ggml_type)
+                for name in names:
+                    yield name, quantized, None
 
     def apply(self, model, module_names, calibration=None, progress=False):
         from ..apply import write_parameters, write_weights
