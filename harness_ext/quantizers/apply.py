@@ -158,10 +158,16 @@ class WeightSnapshot:
         modules = dict(model.named_modules())
         self.weights = {n: modules[n].weight.detach().to("cpu", copy=True) for n in names}
         self.parameters: dict[str, torch.Tensor] = {}
+        # other names of a kept weight (a tied input embedding): restored from that weight,
+        # also after the tie was broken (quantizing the LM head unties it)
+        self.tied: dict[str, str] = {}
         if other_parameters:
             covered = {id(modules[n].weight) for n in self.weights}
             self.parameters = {n: p.detach().to("cpu", copy=True)
                                for n, p in model.named_parameters() if id(p) not in covered}
+            owner = {id(modules[n].weight): n for n in self.weights}
+            self.tied = {n: owner[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
+                         if id(p) in owner and n != f"{owner[id(p)]}.weight"}
 
     @torch.no_grad()
     def restore(self, model: nn.Module, only: Iterable[str] | None = None) -> None:
@@ -172,6 +178,8 @@ class WeightSnapshot:
         write_weights(model, ((n, w) for n, w in self.weights.items()
                               if (keep is None or n in keep) and n not in swapped))
         params = {n: t for n, t in self.parameters.items() if keep is None or n in keep}
+        params.update({n: self.weights[m] for n, m in self.tied.items()
+                       if keep is None or n in keep})
         if params:
             write_parameters(model, params)
 
