@@ -262,7 +262,7 @@ def test_diagnose_sees_the_per_tensor_types_of_a_mix():
     for (name, q, _), ggml_type in zip(out, ["Q6_K", "Q4_K"]):  # use_more_bits(0 / 1, 8)
         w = model.get_submodule(name).weight.detach().numpy()
         assert np.array_equal(q.numpy(), kq.fake_quantize(w, ggml_type)), name
-    assert "gguf:TYPE" in [usage for usage, _ in available_schemes()]
+    assert "gguf:TYPE" in [usage for _, usage, _ in available_schemes()]
 
 
 def test_scheme_errors():

@@ -159,10 +159,12 @@ SCHEME_EXPECTATIONS = {
     "mlx:4": (4, False, True, "MLX-4"),
     "hqq:4": (4, False, True, "HQQ-4"),
     "torchao:int4:g32": (4, False, True, "torchao int4 g32"),
+    "gguf:q4_k_m": (4, False, True, "GGUF Q4_K_M"),
 }
 
 
 def test_every_registered_scheme_is_described():
+    available_schemes()  # imports every scheme module (the registry fills on discovery)
     assert sorted(s.split(":")[0] for s in SCHEME_EXPECTATIONS) == QUANTIZERS.names()
     listed = {usage: (family, summary) for family, usage, summary in available_schemes()}
     for scheme, (bits, needs_calibration, fake, label) in SCHEME_EXPECTATIONS.items():

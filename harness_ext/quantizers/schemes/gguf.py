@@ -29,7 +29,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme
 from .. import gguf_kquants as kq
@@ -111,6 +114,8 @@ def gguf_block_name(module_name: str) -> tuple[str, int] | None:
 
 def fake_quantize_tensor(weight: torch.Tensor, ggml_type: str) -> torch.Tensor:
     """Quantize ``weight`` (2-D) to ``ggml_type`` in float32, dequantize, cast back."""
+    import torch
+
     source = weight.detach().to("cpu", torch.float32).numpy()
     return torch.from_numpy(kq.fake_quantize(source, ggml_type)).to(weight.dtype)
 
@@ -137,6 +142,8 @@ class PlannedTensor:
 @QUANTIZERS.register("gguf")
 class GGUF(Quantizer):
     usage = "gguf:TYPE"
+    family = "GGUF (llama.cpp), bit-exact"
+    label = "GGUF {type}"
     summary = ("llama.cpp GGUF formats, bit-exact (no imatrix): TYPE = q4_0 q4_1 q5_0 q5_1 q8_0 "
                "q2_k q3_k q4_k q5_k q6_k (block Linears) or the llama-quantize mixes q3_k_s/m/l "
                "q4_k_s/m q5_k_s/m (per-tensor types, output and token embedding included)")
@@ -151,9 +158,15 @@ class GGUF(Quantizer):
                              f"{', '.join(SINGLE_TYPES + MIXES)})")
         self.mix = kind if kind in MIXES else None
         self.ggml_type = None if self.mix else kind.upper()
+        self.bits = int(kind[1])  # nominal: the digit of the type name (q4_k_m -> 4)
+        if self.mix:
+            self.modules = "block linears, the output and the token embedding (per-tensor types)"
         self.tensors: dict[str, dict] = {}
         self.other_parameters_changed: list[str] = []
         self.tied_embeddings: bool | None = None
+
+    def display_label(self) -> str:
+        return self.label.format(type=self.args[0].upper())
 
     # -- per tensor ---------------------------------------------------------------------
     def check_weight(self, module_name, weight):
@@ -184,6 +197,8 @@ class GGUF(Quantizer):
         return self._plan_mix(model, modules, module_names)
 
     def _plan_mix(self, model, modules, module_names):
+        import torch
+
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         emb = model.get_input_embeddings()
         head_name = next((n for n, m in modules.items() if m is head), None)
@@ -278,7 +293,7 @@ class GGUF(Quantizer):
         return written
 
     def describe(self):
-        out = {**super().describe(), "reference": "llama.cpp ggml_quantize_chunk without "
+        out = {**super().describe(), "bits": self.bits, "reference": "llama.cpp ggml_quantize_chunk without "
                "importance matrix (ggml-quants.c reference quantizers)"}
         if self.mix:
             out.update(file_type=self.mix.upper(), tied_embeddings=self.tied_embeddings,
