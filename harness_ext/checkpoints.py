@@ -61,12 +61,13 @@ def load_state_file(path: str | Path, allow_pickle: bool = False) -> dict[str, t
         _refuse_pickle(path, allow_pickle)
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch's text would suggest weights_only=False: never do that
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        except Exception as exc:  # torch's text suggests weights_only=False: never say that
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()
+                               and not re.search(r"weights.only|file an issue|documentation",
+                                                 line, re.I))
             raise MuseQuantError(
-                f"{path} contains objects other than tensors"
-                + (f" (e.g. {found.group(1)}); it was not loaded" if found else
-                   f", or is not a torch file ({type(exc).__name__}); it was not loaded"),
+                f"{path} contains objects other than tensors (or is not a torch checkpoint) and "
+                f"was not loaded: {detail[:300] or type(exc).__name__}",
                 "re-save the checkpoint's tensors as .safetensors "
                 "(safetensors.torch.save_file); muse-quant loads tensors only") from None
         if not isinstance(state, dict) or not all(
