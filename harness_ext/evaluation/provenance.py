@@ -122,3 +122,27 @@ def differences(recorded: dict, current: dict) -> list[str]:
         else:
             out.append(f"{key}: {old!r} recorded, now {new!r}")
     return out
+
+
+def check_folder(folder: Path, record: dict, results: list[str], busy: bool) -> None:
+    """Refuse to add to ``folder`` when its ``results`` (file names) or a sweep still running
+    there (``busy``) come from another record, or when it has results but no record; otherwise
+    write ``record`` (when it is new)."""
+    from ..io import write_json
+
+    recorded = read(folder)
+    if recorded is None and results:
+        raise MuseQuantError(
+            f"{folder} holds results ({', '.join(results[:3])}"
+            f"{', ...' if len(results) > 3 else ''}) but no {PROVENANCE_FILE}, so nothing says "
+            "which model, data and settings produced them",
+            "move them away, or pass another --output_path")
+    diffs = differences(recorded, record) if recorded is not None else []
+    if diffs and (results or busy):
+        raise MuseQuantError(
+            f"{folder} holds results of a different sweep; resuming would mix them. What "
+            "differs: " + "; ".join(diffs),
+            f"pass another --output_path, or move {folder} away to start over (or run again "
+            f"with the settings recorded in {folder / PROVENANCE_FILE})")
+    if recorded != record:
+        write_json(folder / PROVENANCE_FILE, record)

@@ -297,27 +297,13 @@ def _scheme_lock(out: Path, scheme: str) -> Path:
 
 
 def _check_provenance(out: Path, record: dict) -> None:
-    """Refuse a folder whose results another model/data/setting produced (see the module
-    docstring); record ``record`` when the folder holds no results yet."""
+    """Refuse a folder whose results another model/data/setting produced; record ``record``
+    when the folder holds none yet (see the module docstring)."""
     found = sorted(p.name for p in out.glob("*.json")
                    if p.name not in (provenance.PROVENANCE_FILE, ERRORS_FILE)) + \
         sorted(p.name for p in out.glob("*" + samples_file.SUFFIX))
     busy = any(lock_is_held(p) for p in out.glob(".*.lock") if p.name != FOLDER_LOCK)
-    recorded = provenance.read(out)
-    if recorded is None and found:
-        raise MuseQuantError(
-            f"{out} holds results ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) "
-            f"but no {provenance.PROVENANCE_FILE}, so nothing says which model, data and "
-            "settings produced them", "move them away, or pass another --output_path")
-    diffs = provenance.differences(recorded, record) if recorded is not None else []
-    if diffs and (found or busy):
-        raise MuseQuantError(
-            f"{out} holds results of a different sweep; resuming would mix them. What differs: "
-            + "; ".join(diffs), f"pass another --output_path, or move {out} away to start "
-            f"over (or run again with the settings recorded in "
-            f"{out / provenance.PROVENANCE_FILE})")
-    if recorded != record:
-        write_json(out / provenance.PROVENANCE_FILE, record)
+    provenance.check_folder(out, record, found, busy)
 
 
 def _plan(out: Path, schemes: list[str], result: SweepResult) -> list[str]:
