@@ -6,7 +6,11 @@
 * :func:`weight_delta` / :func:`save_delta` write the delta format (``muse-quant unlearn``).
 
 Checkpoints are read as safetensors; pickle files (``.bin``, ``.pt``) are refused unless
-``allow_pickle=True``, and even then are loaded with ``torch.load(weights_only=True)``.
+``allow_pickle=True``, and even then are loaded with ``torch.load(weights_only=True)``: a pickle
+holding anything but tensors is refused. A checkpoint holding NaN or Inf is refused before the
+model is changed; one that changes nothing is applied with a warning. The report of
+:func:`apply_unlearned` (recorded in results files as ``config.muse_quant.unlearned``) carries the
+checkpoint's content hash (:func:`harness_ext.hashing.content_sha256`).
 Writing quantized weights back into a model lives in :mod:`harness_ext.quantizers.apply`.
 """
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -53,9 +59,22 @@ def load_state_file(path: str | Path, allow_pickle: bool = False) -> dict[str, t
                                  "re-save it with safetensors.torch.save_file") from None
     if path.suffix in PICKLE_SUFFIXES:
         _refuse_pickle(path, allow_pickle)
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise MuseQuantError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch's text suggests weights_only=False: never say that
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()
+                               and not re.search(r"weights.only|file an issue|documentation",
+                                                 line, re.I))
+            raise MuseQuantError(
+                f"{path} contains objects other than tensors (or is not a torch checkpoint) and "
+                f"was not loaded: {detail[:300] or type(exc).__name__}",
+                "re-save the checkpoint's tensors as .safetensors "
+                "(safetensors.torch.save_file); muse-quant loads tensors only") from None
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise MuseQuantError(f"{path}: expected a dict of tensors by name, got "
+                                 f"{type(state).__name__}",
+                                 "save the state dict (name -> tensor) as .safetensors")
         return state
     raise MuseQuantError(f"{path}: unknown checkpoint file type {path.suffix!r}",
                          "use a .safetensors file")
@@ -78,6 +97,7 @@ def detect_checkpoint_kind(path: str | Path) -> str:
     if path.is_file():
         return "delta"
     if (path / "adapter_config.json").is_file():
+        read_adapter_config(path)
         return "peft"
     if (path / "config.json").is_file() and _full_model_files(path):
         return "full"
@@ -86,6 +106,56 @@ def detect_checkpoint_kind(path: str | Path) -> str:
         "(adapter_config.json) nor a weight-delta file",
         "pass unlearned=<model dir | delta .safetensors | PEFT adapter dir>",
     )
+
+
+def read_adapter_config(path: Path) -> dict:
+    """A PEFT adapter folder's ``adapter_config.json``, checked to be a JSON object with a
+    ``peft_type``."""
+    where = path / "adapter_config.json"
+    fix = "re-save the adapter with PeftModel.save_pretrained"
+    try:
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MuseQuantError(f"{where} is not valid JSON ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})", fix) from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise MuseQuantError(f"{where} is not a PEFT adapter config (a JSON object with "
+                             "\"peft_type\")", fix)
+    return config
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse a checkpoint with NaN or Inf in a floating-point tensor (naming the tensor)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan = int(torch.isnan(tensor).sum())
+            inf = int(torch.isinf(tensor).sum())
+            what = " and ".join(f"{n} {label}" for n, label in ((nan, "NaN"), (inf, "Inf")) if n)
+            raise MuseQuantError(
+                f"{where}: tensor {name} holds {what} value(s) of {tensor.numel()}; the "
+                "checkpoint was not applied",
+                "the unlearning run diverged or the file is damaged: re-run it (e.g. with a "
+                "lower learning rate) or use an earlier checkpoint")
+
+
+def check_pretrained(pretrained) -> None:
+    """Fail early when ``pretrained=`` names a local folder that does not exist (a hub id is
+    ``name`` or ``namespace/name``; anything else that looks like a path must be a folder)."""
+    if not isinstance(pretrained, (str, Path)):
+        return
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MuseQuantError(f"pretrained={text}: the folder has no config.json",
+                                 "pass a folder written by save_pretrained, or a hub id")
+        return
+    looks_like_path = (path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1
+                       or os.sep != "/" and os.sep in text)
+    if looks_like_path:
+        raise MuseQuantError(f"pretrained={text}: no such model folder",
+                             "pass an existing folder written by save_pretrained, or a hub id "
+                             "(namespace/name)")
 
 
 # --------------------------------------------------------------------------------------
@@ -148,8 +218,11 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
     """Apply an unlearning checkpoint in place. Returns ``(model, report)``.
 
     The model object is returned because merging a PEFT adapter returns the unwrapped model.
-    The report has the checkpoint kind, the number of tensors changed and ||theta_u - theta_o||.
+    The report has the checkpoint kind, its content hash, the number of tensors changed and
+    ||theta_u - theta_o||. NaN or Inf in the checkpoint is refused before the model is changed.
     """
+    from .hashing import content_sha256
+
     path = Path(path).expanduser()
     kind = detect_checkpoint_kind(path)
     if kind == "peft":
@@ -158,11 +231,14 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
         patches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if kind == "delta":
             state = load_state_file(path, allow_pickle)
+            check_finite(state, str(path))
             patches = _exact_patches(state, str(path))
         else:
             state = {}
             for file in _full_model_files(path):
-                state.update(load_state_file(file, allow_pickle))
+                part = load_state_file(file, allow_pickle)
+                check_finite(part, str(file))
+                state.update(part)
         matched = _match_checkpoint(model, state, str(path), require_all=(kind == "full"))
         params = dict(model.named_parameters())
         update_norms = {}
@@ -178,9 +254,12 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
                     param.view(-1)[index.to(param.device)] = value.to(param.device, param.dtype)
             else:
                 param.copy_(tensor)
-    report = {"kind": kind, "path": str(path),
+    report = {"kind": kind, "path": str(path), "sha256": content_sha256(path)[0],
               "tensors_changed": sum(1 for v in update_norms.values() if v > 0),
               "update_l2_norm": sum(v ** 2 for v in update_norms.values()) ** 0.5}
+    if not report["tensors_changed"]:
+        log.warning("the unlearned checkpoint %s changes no weight: the results will be those "
+                    "of the original model (pretrained=)", path)
     log.info("applied unlearned checkpoint (%s) %s: %d tensors changed, ||delta|| = %.4g",
              kind, path, report["tensors_changed"], report["update_l2_norm"])
     return model, report
@@ -214,7 +293,7 @@ def _merge_peft(model: nn.Module, path: Path, allow_pickle: bool):
         else:
             raise MuseQuantError(f"{path}: adapter_config.json but no adapter weights",
                                  "save the adapter with PeftModel.save_pretrained")
-    config = json.loads((path / "adapter_config.json").read_text())
+    config = read_adapter_config(path)
     from peft import PeftModel
 
     try:
@@ -225,11 +304,17 @@ def _merge_peft(model: nn.Module, path: Path, allow_pickle: bool):
             f"use an adapter trained on the same base model "
             f"(adapter base: {config.get('base_model_name_or_path')})",
         ) from None
-    update_norms = {}
+    update_norms, deltas = {}, {}
     for name, module in peft_model.named_modules():
         if hasattr(module, "get_delta_weight") and getattr(module, "active_adapters", None):
             for adapter in module.active_adapters:
-                update_norms[f"{name}/{adapter}"] = float(module.get_delta_weight(adapter).norm())
+                deltas[f"{name}/{adapter}"] = delta = module.get_delta_weight(adapter)
+                update_norms[f"{name}/{adapter}"] = float(delta.norm())
+    try:
+        check_finite(deltas, str(path))
+    except MuseQuantError:
+        peft_model.unload()  # leave the model as it was
+        raise
     return peft_model.merge_and_unload(), update_norms
 
 

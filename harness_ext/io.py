@@ -1,5 +1,5 @@
-"""Small shared helpers, one of each: atomic writes, results files, scheme <-> file name,
-``model_args`` parsing.
+"""Small shared helpers, one of each: atomic writes, lock files, results files, scheme <-> file
+name.
 
 lm-eval results files as this project writes and reads them (sweeps, leaderboard, demo):
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,3 +87,103 @@ def write_json(path: str | Path, data) -> Path:
     """Write JSON atomically (temp file + rename), so an interrupted run never leaves half a file."""
     text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
     return write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------ lock files
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _holder_is_dead(holder: dict | None) -> bool:
+    """True only when the holder ran on this host and its process no longer exists."""
+    if not holder or holder.get("host") != socket.gethostname() or \
+            not isinstance(holder.get("pid"), int) or holder["pid"] <= 0:
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return False
+    return False
+
+
+def _remove_stale(path: Path, holder: dict) -> None:
+    """Remove a dead holder's lock file, unless another process replaced it meanwhile."""
+    aside = path.with_name(f"{path.name}.stale.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)  # atomic: of several processes, one takes it
+    except FileNotFoundError:
+        return
+    if _lock_holder(aside) != holder:  # a live lock was taken in between: put it back
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink()
+
+
+def acquire_lock(path: str | Path, what: str) -> dict:
+    """Create the lock file ``path`` (``O_CREAT | O_EXCL``) holding this process's pid and host.
+
+    A lock left by a process that died on this host is removed and taken; a live holder (or one
+    on another host, which cannot be checked) raises :class:`MuseQuantError` naming it. Returns
+    the holder record to pass to :func:`release_lock`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": uuid.uuid4().hex}
+    for attempt in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if attempt < 2 and _holder_is_dead(holder):
+                _remove_stale(path, holder)
+                continue
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, since "
+                   f"{holder.get('since')}" if holder else "a process that is starting or died")
+            raise MuseQuantError(f"{path.parent} is in use: {what} is locked by {who} ({path})",
+                                 f"wait for it to finish, or use another folder; if no such "
+                                 f"process is running, delete {path}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        return me
+    raise MuseQuantError(f"could not take the lock {path}", f"delete {path} and run again")
+
+
+def release_lock(path: str | Path, holder: dict) -> None:
+    """Remove the lock file if it is still ``holder``'s."""
+    path = Path(path)
+    if _lock_holder(path) == holder:
+        path.unlink()
+
+
+@contextmanager
+def file_lock(path: str | Path, what: str, wait_seconds: float = 0.0):
+    """Hold the lock file ``path`` for the ``with`` block; retry for ``wait_seconds`` while a
+    live process holds it (for locks that are only held for a moment)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            holder = acquire_lock(path, what)
+            break
+        except MuseQuantError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield holder
+    finally:
+        release_lock(path, holder)
+
+
+def lock_is_held(path: str | Path) -> bool:
+    """True when the lock file ``path`` exists and its holder may be alive."""
+    path = Path(path)
+    return path.exists() and not _holder_is_dead(_lock_holder(path))

@@ -10,6 +10,7 @@ Min-K%) and decoding (MUSE's ``clean_up_tokenization_spaces=True``) are overridd
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -66,6 +67,7 @@ class MuseQuantLM(HFLM):
                  calib_corpus: str = "news", calib_data: str | None = None,
                  quant_cache_dir: str | None = None, **kwargs):
         # Validate cheap things before loading anything big.
+        checkpoints.check_pretrained(pretrained)
         self._quantizer = parse_scheme("none" if quant is None else str(quant))
         self._unlearned = str(unlearned) if unlearned not in (None, "", "None") else None
         if self._unlearned is not None:
@@ -86,7 +88,16 @@ class MuseQuantLM(HFLM):
         self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
         compat.refuse_lm_eval_delta(kwargs)
-        super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token), **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token),
+                             **kwargs)
+        except OSError as exc:  # transformers: not a local folder and not on the hub
+            if not isinstance(pretrained, str) or os.path.isdir(pretrained):
+                raise
+            raise MuseQuantError(f"pretrained={pretrained} is not a local model folder and could "
+                                 f"not be loaded from the hub ({str(exc).splitlines()[0][:200]})",
+                                 "pass an existing folder written by save_pretrained, or a hub "
+                                 "id you can reach (namespace/name)") from None
         compat.adopt_cpu_data_parallel(self)
 
     # ---------------------------------------------------------------- model creation

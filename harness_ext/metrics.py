@@ -60,7 +60,11 @@ def mink_score(token_logprobs: Sequence[float], ratio: float = MINK_RATIO) -> fl
     mean would be NaN, we take the single lowest value instead.
     """
     if not len(token_logprobs):
-        raise ValueError("Min-K% needs at least one token log-prob (text of >= 1 token after BOS)")
+        from .errors import MuseQuantError
+
+        raise MuseQuantError("Min-K% needs at least one token log-prob, but a PrivLeak text has "
+                             "no token after BOS (an empty text)",
+                             "remove the empty texts from the privleak data files")
     k = max(1, int(len(token_logprobs) * ratio))
     lowest = sorted(float(x) for x in token_logprobs)[:k]
     return -sum(lowest) / k

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from harness_ext.evaluation import sweep
+from harness_ext.evaluation import samples, sweep
+from harness_ext.evaluation.samples import samples_path
 from harness_ext.cli import main
 from harness_ext.errors import MuseQuantError
 from harness_ext.io import load_results, recorded_scheme, scheme_filename
@@ -39,13 +40,16 @@ def test_six_schemes_resume_after_an_interruption(small_model_dir, tmp_path, mon
     out = tmp_path / "sweep"
     monkeypatch.setattr(lm_eval, "simple_evaluate", interrupt_at_the_fourth)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(f"pretrained={small_model_dir},calib_samples=2,calib_seqlen=32", SIX,
-                        TASK, out,
+        sweep.run_sweep(f"pretrained={small_model_dir},calib=retain,calib_samples=2,"
+                        "calib_seqlen=32", SIX, TASK, out,
                         metadata="muse_data=embedded", limit=4, device="cpu", batch_size=8,
                         progress=False)
     assert evaluated == SIX[:4]
     first = {s: (out / scheme_filename(s)).read_bytes() for s in SIX[:3]}
-    assert sorted(p.name for p in out.iterdir()) == sorted(scheme_filename(s) for s in SIX[:3])
+    # the three results, their per-document samples and the provenance; no lock is left behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [scheme_filename(s) for s in SIX[:3]] + ["provenance.json"] +
+        [samples_path(out / scheme_filename(s)).name for s in SIX[:3]])
 
     # resume: the three finished schemes are skipped, the other three run; plus one that fails
     evaluated.clear()
@@ -71,6 +75,10 @@ def test_six_schemes_resume_after_an_interruption(small_model_dir, tmp_path, mon
         assert "total_evaluation_time_seconds" in res and res["model_source"] == "muse_quant"
         timing = res["config"]["muse_quant"]["sweep"]
         assert timing["quantize_seconds"] >= 0 and timing["evaluate_seconds"] > 0
+        # every aggregate is recomputed exactly from the per-document samples
+        per_doc = samples.read(samples_path(out / scheme_filename(scheme)))
+        assert samples.aggregate_mismatches(res, per_doc) == []
+        assert per_doc["tasks"][0]["doc_id"] == [0, 1, 2, 3]
     gptq = load_results(out / "gptq_4.json")["config"]["muse_quant"]["quantization"]
     assert gptq["calibration"]["source"] == "embedded:news/raw/retain1.json"
     rtn = load_results(out / "rtn_4_g128.json")["config"]["muse_quant"]["quantization"]
@@ -101,12 +109,16 @@ def test_sweep_results_match_a_single_eval(small_model_dir, tmp_path):
 
 def test_existing_file_for_another_scheme_is_not_overwritten(small_model_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    out.mkdir()
+    assert run_sweep_cli(small_model_dir, out, ["none"], extra_model_args="", limit=2) == 0
     foreign = {"results": {}, "config": {"muse_quant": {"quantization": {"scheme": "rtn:8"}}}}
     (out / "bnb-fp4.json").write_text(json.dumps(foreign))
-    assert run_sweep_cli(small_model_dir, out, ["bnb-fp4"], extra_model_args="") == 1
+    assert run_sweep_cli(small_model_dir, out, ["bnb-fp4"], extra_model_args="", limit=2) == 1
     assert json.loads((out / "bnb-fp4.json").read_text()) == foreign
     assert "records scheme 'rtn:8'" in capsys.readouterr().err
+    # results without a provenance record are refused before loading anything
+    (out / "provenance.json").unlink()
+    assert run_sweep_cli(small_model_dir, out, ["bnb-fp4"], extra_model_args="", limit=2) == 2
+    assert "but no provenance.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model_args, quant, message", [

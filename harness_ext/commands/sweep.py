@@ -7,9 +7,13 @@
 
 Writes OUT/<scheme>.json (``:`` becomes ``_``: OUT/rtn_4_g128.json), each what
 ``muse-quant eval --model muse_quant --model_args ...,quant=<scheme> --output_path`` would
-write. Schemes whose file exists are skipped (run again to resume); a failing scheme is listed
-in OUT/errors.json and the exit status is 1, the others are kept. Calibration model args
-(``calib=``, ``calib_samples=``, ``quant_cache_dir=``, ...) go in --model_args.
+write, plus OUT/<scheme>.samples.jsonl (every document's score) and OUT/provenance.json (what
+produced the folder). Schemes whose file exists are skipped (run again to resume) when the
+model, checkpoint, tasks, limit, metadata, data and packages match OUT/provenance.json;
+otherwise the sweep stops before loading anything. A scheme another sweep is evaluating is
+locked. A failing scheme is listed in OUT/errors.json and the exit status is 1, the others are
+kept. Calibration model args (``calib=``, ``calib_samples=``, ``quant_cache_dir=``, ...) go in
+--model_args.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ SCHEMAS: dict[str, object] = {
     "raw/holdout.json": str,
     "raw/generic.json": str,
 }
+#: files whose texts are scored token by token (an empty text has no token to score)
+NONEMPTY_TEXTS = ("privleak/forget.json", "privleak/retain.json", "privleak/holdout.json")
 # relative path -> (hub config, hub split)
 _HUB_SPLITS = {
     "verbmem/forget.json": ("verbmem", "forget"),
@@ -82,6 +84,10 @@ def validate(rel: str, data: object, where: str) -> list:
     if schema is None:
         return data
     for i, item in enumerate(data):
+        if schema is str and rel in NONEMPTY_TEXTS and isinstance(item, str) and not item.strip():
+            raise MuseQuantError(f"{where}: item {i} is an empty text; Min-K% (PrivLeak) needs "
+                                 "at least one token per text",
+                                 "remove the empty texts from the file")
         if schema is str:
             ok = isinstance(item, str)
         else:
@@ -111,12 +117,25 @@ def _load_local(root: Path, corpus: str, rel: str) -> list:
             "<dir>/<corpus>/{verbmem/forget.json, knowmem/{forget,retain}_qa[_icl].json, "
             "privleak/{forget,retain,holdout}.json, raw/...}",
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MuseQuantError(f"{path}: not valid JSON ({exc})",
-                             f"the file must hold {describe_schema(rel)}") from None
+    data = _parse_json(read_utf8(path), path, f"the file must hold {describe_schema(rel)}")
     return validate(rel, data, str(path))
+
+
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MuseQuantError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})",
+                             "save the file as UTF-8 (e.g. iconv -t UTF-8), as MUSE's files "
+                             "are") from None
+
+
+def _parse_json(text: str, path: Path, fix: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MuseQuantError(f"{path}: not valid JSON ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})", fix) from None
 
 
 def _load_hub(corpus: str, rel: str, revision: str) -> list:
@@ -164,14 +183,11 @@ def load_texts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise MuseQuantError(f"no such file: {path}",
                              "pass a .json/.jsonl list of texts or a .txt file")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_utf8(path)
     if path.suffix in (".json", ".jsonl"):
-        try:
-            items = (json.loads(raw) if path.suffix == ".json"
-                     else [json.loads(line) for line in raw.splitlines() if line.strip()])
-        except json.JSONDecodeError as exc:
-            raise MuseQuantError(f"{path}: not valid JSON ({exc})",
-                                 "use a JSON list of strings or of {\"text\": ...} objects") from None
+        fix = "use a JSON list of strings or of {\"text\": ...} objects"
+        items = (_parse_json(raw, path, fix) if path.suffix == ".json"
+                 else [_parse_json(line, path, fix) for line in raw.splitlines() if line.strip()])
         if not isinstance(items, list):
             raise MuseQuantError(f"{path}: expected a JSON list", "use a JSON list of strings")
         texts = [it["text"] if isinstance(it, dict) and isinstance(it.get("text"), str) else it

@@ -8,10 +8,25 @@ restores the float weights, quantizes and runs the tasks in-process with
 the content ``lm_eval --output_path`` would write for ``--model muse_quant --model_args
 ...,quant=<scheme>`` (``config.muse_quant.quantization`` records the scheme), written atomically.
 
+Beside each results file, ``<stem>.samples.jsonl`` holds every document's score, from which
+every aggregate of the results file is recomputed exactly (:mod:`.samples`).
+
+* Provenance: ``<output_path>/provenance.json`` records what produced the folder (model args,
+  the unlearned checkpoint's content hash, tasks, limit, metadata, data, package versions;
+  :mod:`.provenance`). A sweep adds to a folder only when the record matches; otherwise it stops
+  before loading anything and lists what differs (results files without a record are refused
+  too).
 * Resume: a scheme whose file exists (and records that scheme) is skipped; an existing file is
   never overwritten.
+* Locks: a sweep holds ``<output_path>/.<stem>.lock`` (``O_CREAT | O_EXCL``; pid and host)
+  for each scheme it evaluates, so a second sweep asking for one of them refuses to start; the
+  provenance check and the lock taking happen together under ``.sweep.lock``. Sweeps of other
+  schemes into the same folder (with the same provenance) may run at the same time, as the
+  per-scheme SLURM cells of ``muse-quant reproduce`` do. A lock whose process died on this host
+  is taken over. Every file is written atomically under a unique temporary name.
 * Failures: a scheme that fails is reported and written to ``<output_path>/errors.json``; the
-  other schemes go on. ``errors.json`` is removed once a later run has no failures.
+  other schemes go on. ``errors.json`` lists the failures of the last sweep and of sweeps that
+  ran at the same time; it is removed once a later run has no failures.
 * Parsing: ``--quant`` is a comma-separated list of schemes (schemes never contain commas);
   ``--model_args`` is lm-eval's ``k=v,k=v``. A ``quant=`` inside ``model_args`` is refused (its
   commas would be read as further model args).
@@ -19,6 +34,7 @@ the content ``lm_eval --output_path`` would write for ``--model muse_quant --mod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,11 +45,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MuseQuantError
-from ..io import load_results, recorded_scheme, scheme_filename, write_json
+from ..io import (acquire_lock, file_lock, load_results, lock_is_held, recorded_scheme,
+                  release_lock, scheme_filename, write_json)
+from . import provenance
+from . import samples as samples_file
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.json"
+FOLDER_LOCK = ".sweep.lock"
+#: seconds to wait for another sweep's brief hold of FOLDER_LOCK
+FOLDER_LOCK_WAIT = 60.0
 #: model_args the sweep sets itself
 RESERVED_MODEL_ARGS = ("quant", "keep_float_weights")
 
@@ -168,23 +190,26 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
     tracker = EvaluationTracker()
     results = lm_eval.simple_evaluate(
         model=lm, model_args=scheme_args, tasks=tasks, task_manager=task_manager, limit=limit,
-        device=device, batch_size=batch_size, log_samples=False, evaluation_tracker=tracker)
+        device=device, batch_size=batch_size, log_samples=True, evaluation_tracker=tracker)
     if results is None:  # non-zero rank
         return {}
-    results.pop("samples", None)
+    logged = results.pop("samples", None) or {}
     results["config"]["model"] = "muse_quant"  # what `--model muse_quant` records
     general = tracker.general_config_tracker
     general.model_source = "muse_quant"
     general.log_end_time()
     results["task_hashes"] = {}
     results.update(dataclasses.asdict(general))
+    results["muse_quant_samples"] = samples_file.compact_samples(logged, results)
     return results
 
 
 def evaluate_scheme(lm, scheme: str, model_args: dict, tasks: list[str], metadata: dict, limit,
                     device, batch_size) -> tuple[dict, dict]:
     """One sweep step on a loaded ``keep_float_weights`` model: restore the float weights,
-    quantize with ``scheme``, run the tasks. Returns ``(results, timing)``."""
+    quantize with ``scheme``, run the tasks. Returns ``(results, timing)``; ``results`` carries
+    the per-document samples under the key ``muse_quant_samples`` (not written to the results
+    file)."""
     start = time.perf_counter()
     lm.requantize(scheme)
     quantized = time.perf_counter()
@@ -227,7 +252,62 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
     out = Path(output_path).expanduser()
     if out.exists() and not out.is_dir():
         raise MuseQuantError(f"--output_path {out} is a file", "pass a directory")
+    from ..checkpoints import check_pretrained, detect_checkpoint_kind
+
+    check_pretrained(model_args["pretrained"])
+    if model_args.get("unlearned") not in (None, "", "None"):
+        detect_checkpoint_kind(str(model_args["unlearned"]))
+    record = provenance.build(model_args, tasks, limit, metadata)
     result = SweepResult(output_path=out)
+    started = time.time()
+    # under `accelerate launch`, rank 0 alone checks, locks and writes
+    primary = os.environ.get("RANK", "0") in ("", "0")
+    claims: dict[Path, dict] = {}
+    try:
+        with _folder_lock(out, primary):
+            if primary:
+                _check_provenance(out, record)
+            todo = _plan(out, schemes, result)
+            for scheme in todo if primary else ():  # a second sweep asking for one refuses
+                path = _scheme_lock(out, scheme)
+                claims[path] = acquire_lock(path, f"scheme {scheme}")
+        if result.skipped:
+            log.info("sweep: %d scheme(s) already done: %s", len(result.skipped),
+                     ", ".join(result.skipped))
+        if todo:
+            _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batch_size,
+                          progress)
+        with _folder_lock(out, primary):
+            if primary:
+                _write_errors(out, result, started)
+    finally:
+        for path, holder in claims.items():
+            release_lock(path, holder)
+    return result
+
+
+def _folder_lock(out: Path, primary: bool):
+    if not primary:
+        return contextlib.nullcontext()
+    return file_lock(out / FOLDER_LOCK, "the sweep folder", FOLDER_LOCK_WAIT)
+
+
+def _scheme_lock(out: Path, scheme: str) -> Path:
+    return out / f".{Path(scheme_filename(scheme)).stem}.lock"
+
+
+def _check_provenance(out: Path, record: dict) -> None:
+    """Refuse a folder whose results another model/data/setting produced; record ``record``
+    when the folder holds none yet (see the module docstring)."""
+    found = sorted(p.name for p in out.glob("*.json")
+                   if p.name not in (provenance.PROVENANCE_FILE, ERRORS_FILE)) + \
+        sorted(p.name for p in out.glob("*" + samples_file.SUFFIX))
+    busy = any(lock_is_held(p) for p in out.glob(".*.lock") if p.name != FOLDER_LOCK)
+    provenance.check_folder(out, record, found, busy)
+
+
+def _plan(out: Path, schemes: list[str], result: SweepResult) -> list[str]:
+    """The schemes to evaluate; the others are skipped (done) or failed (a foreign file)."""
     todo = []
     for scheme in schemes:
         path = out / scheme_filename(scheme)
@@ -240,14 +320,7 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
                                          "fix": f"move {path} away and run again"}
         else:
             todo.append(scheme)
-    if result.skipped:
-        log.info("sweep: %d scheme(s) already done: %s", len(result.skipped),
-                 ", ".join(result.skipped))
-    if todo:
-        _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batch_size,
-                      progress)
-    _write_errors(out, result)
-    return result
+    return todo
 
 
 def _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batch_size,
@@ -272,8 +345,10 @@ def _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batc
                                               device, batch_size)
             timing = {"load_seconds": result.load_seconds, **timing}
             if results:
+                samples = results.pop("muse_quant_samples")
                 results["config"].setdefault("muse_quant", {})["sweep"] = timing
-                write_json(path, results)
+                samples_file.write(samples_file.samples_path(path), samples)
+                write_json(path, results)  # last: its presence marks the scheme done
             result.timings[scheme] = timing
             result.written.append(scheme)
         except KeyboardInterrupt:
@@ -290,11 +365,23 @@ def _evaluate_all(result, todo, model_args, tasks, metadata, limit, device, batc
     bar.close()
 
 
-def _write_errors(out: Path, result: SweepResult) -> None:
+def _write_errors(out: Path, result: SweepResult, started: float) -> None:
+    """This run's failures, plus those of sweeps that ended while it ran (other schemes)."""
     errors = out / ERRORS_FILE
-    if result.failed:
-        write_json(errors, {"date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "failed": result.failed,
+    handled = set(result.written) | set(result.skipped) | set(result.failed)
+    failed = {}
+    try:
+        previous = json.loads(errors.read_text(encoding="utf-8")).get("failed") or {}
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    for scheme, entry in previous.items():
+        if scheme not in handled and isinstance(entry, dict) and \
+                isinstance(entry.get("ended"), (int, float)) and entry["ended"] >= started:
+            failed[scheme] = entry
+    ended = time.time()
+    failed.update({scheme: {**entry, "ended": ended} for scheme, entry in result.failed.items()})
+    if failed:
+        write_json(errors, {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "failed": failed,
                             "written": result.written, "skipped": result.skipped})
     elif errors.exists():
         errors.unlink()
