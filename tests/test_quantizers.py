@@ -60,8 +60,9 @@ def test_nf4_by_hand():
 def test_fp4_by_hand():
     # FP4 code / 12: 0.3 -> 1/3 (midpoint 0.2917), -0.6 -> -2/3 (midpoint -0.5833),
     # 0.004 -> 0.0625/12 (midpoint 0.0026)
-    out = q("bnb-fp4", _block([1.0, 0.3, -0.6, 0.004]))
-    assert out[:4].tolist() == pytest.approx([1.0, 1 / 3, -2 / 3, 0.0625 / 12], rel=1e-6)
+    for scheme in ("bnb-fp4", "bnb-fp4-cpu"):  # no ties: the CUDA and CPU roundings agree
+        out = q(scheme, _block([1.0, 0.3, -0.6, 0.004]))
+        assert out[:4].tolist() == pytest.approx([1.0, 1 / 3, -2 / 3, 0.0625 / 12], rel=1e-6)
 
 
 def test_int8_by_hand():
@@ -72,16 +73,18 @@ def test_int8_by_hand():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+@pytest.mark.parametrize("kind, scheme", [("nf4", "bnb-nf4"), ("fp4", "bnb-fp4-cpu")])
 @pytest.mark.parametrize("block", [64, 128])
-def test_4bit_bit_exact_vs_bitsandbytes(dtype, kind, block):
+def test_4bit_bit_exact_vs_bitsandbytes_cpu(dtype, kind, scheme, block):
+    """bnb-nf4 and bnb-fp4-cpu equal bitsandbytes' CPU path (bnb-fp4 follows the CUDA kernel:
+    tests/test_fp4_cuda.py)."""
     F = pytest.importorskip("bitsandbytes.functional")
     torch.manual_seed(0)
     w = (torch.randn(256, 768) * 0.02).to(dtype)
     w[3, 5] = 0.5  # an outlier
     packed, state = F.quantize_4bit(w, blocksize=block, quant_type=kind)
     reference = F.dequantize_4bit(packed, state)
-    assert torch.equal(parse_scheme(f"bnb-{kind}:b{block}").quantize_weight(w), reference)
+    assert torch.equal(parse_scheme(f"{scheme}:b{block}").quantize_weight(w), reference)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -96,7 +99,8 @@ def test_int8_bit_exact_vs_bitsandbytes(dtype):
 
 def test_quantizers_keep_shape_and_dtype():
     w = torch.randn(128, 256, dtype=torch.bfloat16)
-    for scheme in ["rtn-seed:4", "rtn:4", "rtn:3:g128:asym", "bnb-nf4", "bnb-fp4:b128", "bnb-int8"]:
+    for scheme in ["rtn-seed:4", "rtn:4", "rtn:3:g128:asym", "bnb-nf4", "bnb-fp4:b128",
+                   "bnb-fp4-cpu", "bnb-int8"]:
         out = parse_scheme(scheme).quantize_weight(w)
         assert out.shape == w.shape and out.dtype == w.dtype, scheme
         assert not torch.equal(out, w), scheme
@@ -129,5 +133,5 @@ def test_group_size_must_divide_columns():
 def test_scheme_listing():
     usages = [u for u, _ in available_schemes()]
     for expected in ["none", "rtn-seed:N", "rtn:N[:g<size>][:asym]", "bnb-nf4[:b<size>]",
-                     "bnb-fp4[:b<size>]", "bnb-int8"]:
+                     "bnb-fp4[:b<size>]", "bnb-fp4-cpu[:b<size>]", "bnb-int8"]:
         assert expected in usages

@@ -82,6 +82,16 @@ class Quantizer:
         """
         raise NotImplementedError
 
+    def codes(self, weight: torch.Tensor):
+        """The element codes and group scales behind :meth:`quantize_weight`.
+
+        Returns a :class:`harness_ext.quantizers.codes.QuantCodes` (``codes, scales, ...``).
+        Codebook and uniform-grid schemes implement it; the others (calibrated, real-kernel)
+        raise NotImplementedError and ``muse-quant diagnose`` reports their code metrics as
+        ``-``.
+        """
+        raise NotImplementedError
+
     # -- model-level interface ----------------------------------------------------------
     def quantized_weights(self, model: torch.nn.Module, module_names: list[str],
                           calibration: Calibration | None = None

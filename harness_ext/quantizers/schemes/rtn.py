@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
+from ..codes import QuantCodes
 from ...errors import MuseQuantError
 
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -46,6 +47,14 @@ class SeedRTN(Quantizer):
         """Delta = max|w| / 2^(N-1) for every element (one grid per tensor)."""
         delta = weight.float().abs().max() / 2 ** (self.bits - 1)
         return torch.full(weight.shape, float(delta), dtype=torch.float32)
+
+    def codes(self, weight):
+        """q = round(w / Delta) per element (0 for an all-zero tensor); one group, scale Delta."""
+        w = weight.float()
+        delta = w.abs().max() / 2 ** (self.bits - 1)
+        q = torch.round(w / delta) if delta > 0 else torch.zeros_like(w)
+        return QuantCodes(q.long(), delta.reshape(1), torch.zeros(weight.shape, dtype=torch.long),
+                          (0,), 0.5)
 
     def describe(self):
         return {**super().describe(), "bits": self.bits, "granularity": "tensor",
@@ -86,7 +95,9 @@ class RTN(Quantizer):
             return (hi - lo) / (2 ** self.bits - 1), lo
         return w.abs().amax(dim=-1, keepdim=True) / (2 ** (self.bits - 1) - 1), None
 
-    def quantize_weight(self, weight):
+    def _levels(self, weight):
+        """``(scale, level)``: the group scale (1 for an all-zero group) and the signed integer
+        level of each element, Q(w) = scale * level (grouped layout)."""
         w = self._grouped(weight)
         scale, lo = self._scale(w)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -94,11 +105,20 @@ class RTN(Quantizer):
             maxq = 2 ** self.bits - 1
             zero = torch.round(-lo / scale)
             q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-            out = scale * (q - zero)
-        else:
-            qmax = 2 ** (self.bits - 1) - 1
-            out = scale * torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
-        return out.reshape(weight.shape).to(weight.dtype)
+            return scale, q - zero
+        qmax = 2 ** (self.bits - 1) - 1
+        return scale, torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
+
+    def quantize_weight(self, weight):
+        scale, level = self._levels(weight)
+        return (scale * level).reshape(weight.shape).to(weight.dtype)
+
+    def codes(self, weight):
+        """The integer level (asym: q - zero) per element and the step of each row / group."""
+        scale, level = self._levels(weight)
+        groups = torch.arange(scale.numel()).reshape(scale.shape).expand_as(level)
+        return QuantCodes(level.long().reshape(weight.shape), scale.reshape(-1),
+                          groups.reshape(weight.shape), (0,), 0.5)
 
     def quantization_step(self, weight):
         """Delta = the scale of the element's group (row without ``g``)."""
