@@ -135,3 +135,55 @@ def test_scheme_listing():
     for expected in ["none", "rtn-seed:N", "rtn:N[:g<size>][:asym]", "bnb-nf4[:b<size>]",
                      "bnb-fp4[:b<size>]", "bnb-fp4-cpu[:b<size>]", "bnb-int8"]:
         assert expected in usages
+
+
+def codes(scheme, values):
+    return parse_scheme(scheme).codes(torch.tensor(values, dtype=torch.float32))
+
+
+def test_codes_by_hand():
+    # rtn:4, see test_rtn_per_channel_symmetric_by_hand: row scales 0.25 and 1 (all-zero row)
+    c = codes("rtn:4", [[1.75, -0.875, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert c.codes.tolist() == [[7, -4, 1, 0], [0, 0, 0, 0]]
+    assert c.scales.tolist() == [0.25, 1.0] and c.groups.tolist() == [[0] * 4, [1] * 4]
+    assert c.zero_codes == (0,) and c.near_zero_edge == 0.5
+    # asymmetric: scale 1, zero 1, q = [0, 1, 1, 3]: the code is q - zero
+    assert codes("rtn:2:asym", [[-1.0, 0.0, 0.5, 2.0]]).codes.tolist() == [[-1, 0, 0, 2]]
+    c = codes("rtn:2:g2", [[1.0, 0.25, -2.0, 0.5]])
+    assert (c.codes.tolist(), c.scales.tolist(), c.groups.tolist()) == \
+        ([[1, 0, -1, 0]], [1.0, 2.0], [[0, 0, 1, 1]])
+    c = codes("rtn-seed:2", [[0.1, -0.35, 0.8, -0.05]])  # Delta 0.4, one group
+    assert c.codes.tolist() == [[0, -1, 2, 0]] and c.scales.tolist() == [pytest.approx(0.4)]
+    c = codes("bnb-int8", [[2.0, 1.0, 0.5], [0.0, 0.0, 0.0]])  # q = round(w * 127 / absmax)
+    assert c.codes.tolist() == [[127, 64, 32], [0, 0, 0]] and c.scales.tolist() == [2.0, 0.0]
+    assert c.near_zero_edge == 0.5 / 127
+    # FP4's 15 distinct values ascending: -1, -2/3, -1/2, -1/3, -1/4, -1/6, -1/192, 0 (index 7),
+    # 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1
+    c = codes("bnb-fp4", _block([1.0, 0.3, -0.6, 0.004, -0.004]) + _block([0.5]))
+    assert c.codes[:5].tolist() == [14, 11, 1, 8, 6] and c.scales.tolist() == [1.0, 0.5]
+    assert c.codes[64].item() == 14 and c.groups[63].item() == 0 and c.groups[64].item() == 1
+    assert c.zero_codes == (6, 7, 8) and c.near_zero_edge == 0.0859375
+    assert c.near_zero()[:5].tolist() == [False, False, False, True, True]
+    # NF4: the index into its 16 values; 0.5 -> 0.4407 (12), -0.3 -> -0.2844 (4)
+    c = codes("bnb-nf4", _block([1.0, 0.5, -0.3, 0.0]))
+    assert c.codes[:4].tolist() == [15, 12, 4, 7] and c.zero_codes == (7,)
+
+
+@pytest.mark.parametrize("scheme", ["rtn-seed:4", "rtn:4", "rtn:3:g64:asym", "bnb-int8",
+                                    "bnb-nf4", "bnb-fp4", "bnb-fp4-cpu"])
+def test_code_and_scale_determine_the_value(scheme):
+    """Equal code and scale <=> equal dequantized value (what diagnose's split relies on)."""
+    quantizer = parse_scheme(scheme)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(32, 128, generator=gen) * 0.02
+    noise = torch.randn(32, 128, generator=gen) * 0.002
+    b = a + noise * (torch.rand(32, 128, generator=gen) < 0.3) * (a.abs() < 0.02)  # not maxima
+    b[0, :64] *= 1.5  # one 4-bit block / one row changes its scale
+    ca, cb = quantizer.codes(a), quantizer.codes(b)
+    same_scale = ca.element_scales() == cb.element_scales()
+    same_code = ca.codes == cb.codes
+    changed = quantizer.quantize_weight(a) != quantizer.quantize_weight(b)
+    assert not changed[same_code & same_scale].any()
+    assert changed[~same_code & same_scale].all() and (~same_code & same_scale).any()
+    with pytest.raises(NotImplementedError):
+        parse_scheme("bnb-fp4-real").codes(a)

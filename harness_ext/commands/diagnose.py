@@ -3,11 +3,14 @@
   muse-quant diagnose --pretrained TARGET --unlearned CKPT --quant rtn:4,bnb-fp4,gptq:4 \\
       [--out DIR] [--calib generic|forget|retain|FILE] [--dtype auto]
 
-Per quantized module, per transformer block and overall: ||θu − θo||, ||Q(θu) − Q(θo)||, their
-ratio, the fraction of weights whose quantized value flips, the share of ||θu − θo||² carried by
-weights that moved less than half a quantization step, and the fraction of weights that did not
-change at all (definitions in harness_ext/diagnostics.py). Prints the overall table; with --out
-writes DIR/diagnose.json and DIR/survival.png (survival ratio per block and scheme).
+Per quantized module, per transformer block and overall: the size of the update and of what
+survives (||θu − θo||, ||Q(θu) − Q(θo)||, their ratio), its direction (the projection
+⟨ΔQ, Δθ⟩/‖Δθ‖²), the share of weights whose dequantized value changed, and for codebook and
+uniform schemes the mechanism: code flips apart from scale changes, the shares of ‖ΔQ‖² from
+code crossings and from scale moves, the update mass in zero/near-zero codes, and the largest
+|θo| that moved next to the near-zero edge (definitions in docs/diagnostics.md). Prints the
+overall tables; with --out writes DIR/diagnose.json and DIR/survival.png (survival ratio per
+block and scheme).
 """
 
 from __future__ import annotations
