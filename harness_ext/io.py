@@ -85,3 +85,18 @@ def write_json(path: str | Path, data) -> Path:
     """Write JSON atomically (temp file + rename), so an interrupted run never leaves half a file."""
     text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
     return write_bytes(path, text.encode("utf-8"))
+
+
+def package_versions(distributions) -> dict:
+    """``{name: installed version or None}`` for each distribution, plus ``harness_ext``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {"harness_ext": __version__}
+    for name in distributions:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

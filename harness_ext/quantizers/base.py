@@ -130,6 +130,12 @@ class Quantizer:
         return write_weights(model, self.quantized_weights(model, module_names, calibration),
                              progress=progress, desc=f"quantizing ({self.scheme})")
 
+    def to_float_modules(self, model: torch.nn.Module, module_names: list[str]) -> list[str]:
+        """After :meth:`apply`, make every quantized module a float ``nn.Linear`` again, holding
+        the dequantized weight the scheme computes with (for ``muse-quant quantize``); returns
+        the names converted. Fake quantizers already wrote float weights: nothing to do."""
+        return []
+
     def describe(self) -> dict:
         """What goes into the results JSON about this scheme."""
         return {"scheme": self.scheme, "family": self.name, "summary": self.summary}

@@ -104,6 +104,14 @@ class _BnbReal(Quantizer):
                 swap_module(model, name, self.make_module(linear, self.config(linear.weight.dtype)))
         return list(module_names)
 
+    def to_float_modules(self, model, module_names):
+        """Swap the bitsandbytes layers back for ``nn.Linear``s holding their dequantized
+        weights (:func:`dequantized_weight`, cast to the model's dtype)."""
+        from ..apply import restore_swapped
+
+        return restore_swapped(model, {name: dequantized_weight(model.get_submodule(name))
+                                       for name in module_names})
+
     def describe(self):
         out = {**super().describe(), "kernels": "bitsandbytes " + _bnb().__version__}
         if self.compute_dtype is not None:
