@@ -198,7 +198,7 @@ class _Bnb4bit(Quantizer):
 @QUANTIZERS.register("bnb-nf4")
 class BnbNF4(_Bnb4bit):
     kind = "nf4"
-    rounding = "bitsandbytes CPU path = CUDA dQuantizeNF4 tree"
+    rounding = "bitsandbytes CPU path (the CUDA tree differs within 1 ulp of 4 pivots)"
     usage = "bnb-nf4[:b<size>]"
     summary = "bitsandbytes NF4 codebook, blockwise absmax (block 64)"
 
