@@ -187,3 +187,18 @@ def lock_is_held(path: str | Path) -> bool:
     """True when the lock file ``path`` exists and its holder may be alive."""
     path = Path(path)
     return path.exists() and not _holder_is_dead(_lock_holder(path))
+
+
+def package_versions(distributions) -> dict:
+    """``{name: installed version or None}`` for each distribution, plus ``harness_ext``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {"harness_ext": __version__}
+    for name in distributions:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

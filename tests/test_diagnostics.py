@@ -35,6 +35,18 @@ THETA_O = ([[1.0, 0.125, -0.625, 0.5]], [[2.0, 0.5, -0.25, 0.0]])
 THETA_U = ([[1.0, 0.375, -0.625, 0.25]], [[2.0, 0.625, -0.25, 0.375]])
 
 
+# the metrics diagnose had before the code metrics (same definitions)
+SIZE = ("n", "update_norm", "surviving_norm", "survival_ratio", "flip_rate", "sub_half_step_share",
+        "unchanged_fraction")
+CODE_METRICS = ("code_flip_rate", "scale_change_rate", "flipped_block_rate", "code_share_of_dq",
+                "scale_share_of_dq", "near_zero_update_share", "near_zero_edge_min",
+                "near_zero_edge_mean", "near_zero_edge_max")
+
+
+def pick(metrics, keys=SIZE):
+    return {k: metrics[k] for k in keys}
+
+
 def test_every_number_by_hand():
     report = diagnose_models(Stack(*THETA_O), Stack(*THETA_U), ["rtn-seed:2", "none"],
                              progress=False)
@@ -45,41 +57,117 @@ def test_every_number_by_hand():
     #   Q(theta_u) = 0.5 * round([2, 0.75, -1.25, 0.5]) = [1, 0.5, -0.5, 0]   (0.5 -> 0: even)
     #   dw = [0, .25, 0, -.25]: ||dw||^2 = 0.125; Q diff = [0, .5, 0, -.5]: ||.||^2 = 0.5
     #   |dw| < Delta/2 = 0.25: no non-zero entry -> share 0; 2 of 4 flip; 2 of 4 unchanged
-    assert seed["modules"]["layers.0.proj"] == {
+    layer0 = seed["modules"]["layers.0.proj"]
+    assert pick(layer0) == {
         "n": 4, "update_norm": math.sqrt(0.125), "surviving_norm": math.sqrt(0.5),
         "survival_ratio": 2.0, "flip_rate": 0.5, "sub_half_step_share": 0.0,
         "unchanged_fraction": 0.5}
+    #   codes [2, 0, -1, 1] -> [2, 1, -1, 0], one scale 1/2 (unchanged): 2 of 4 codes flip, all
+    #   of ||dQ||^2 from code crossings; <dQ, dw> = .5*.25 + .5*.25 = .25 -> projection 2;
+    #   the target's zero code holds dw = .25 of the update: 0.0625 / 0.125; the moved weights
+    #   had |theta_o| = .125 and .5; the zero code reaches 0.5 * Delta = 0.25
+    assert pick(layer0, ("projection", "value_change_rate", "movable_cap") + CODE_METRICS) == {
+        "projection": 2.0, "value_change_rate": 0.5, "movable_cap": 0.5,
+        "code_flip_rate": 0.5, "scale_change_rate": 0.0, "flipped_block_rate": 1.0,
+        "code_share_of_dq": 1.0, "scale_share_of_dq": 0.0, "near_zero_update_share": 0.5,
+        "near_zero_edge_min": 0.25, "near_zero_edge_mean": 0.25, "near_zero_edge_max": 0.25}
     # layers.1: Delta = 2 / 2 = 1.
     #   Q(theta_o) = round([2, 0.5, -0.25, 0])     = [2, 0, 0, 0]
     #   Q(theta_u) = round([2, 0.625, -0.25, 0.375]) = [2, 1, 0, 0]
     #   dw = [0, .125, 0, .375]: ||dw||^2 = 0.015625 + 0.140625 = 0.15625; ||Q diff||^2 = 1
     #   both non-zero |dw| < 1/2 -> share 1; the 0.125 one still flips (0.5 -> 0.625 crosses
     #   the rounding boundary at 0.5); 1 of 4 flips; 2 of 4 unchanged
-    assert seed["modules"]["layers.1.proj"] == {
+    layer1 = seed["modules"]["layers.1.proj"]
+    assert pick(layer1) == {
         "n": 4, "update_norm": math.sqrt(0.15625), "surviving_norm": 1.0,
         "survival_ratio": math.sqrt(6.4), "flip_rate": 0.25, "sub_half_step_share": 1.0,
         "unchanged_fraction": 0.5}
-    assert seed["layers"] == {"0": seed["modules"]["layers.0.proj"],
-                              "1": seed["modules"]["layers.1.proj"]}
+    #   codes [2, 0, 0, 0] -> [2, 1, 0, 0]; <dQ, dw> = 1 * .125 -> projection .125 / .15625;
+    #   both moved weights sit in the zero code (share 1); |theta_o| of the moved: .5 and 0
+    assert pick(layer1, ("projection", "movable_cap") + CODE_METRICS) == {
+        "projection": 0.8, "movable_cap": 0.5, "code_flip_rate": 0.25, "scale_change_rate": 0.0,
+        "flipped_block_rate": 1.0, "code_share_of_dq": 1.0, "scale_share_of_dq": 0.0,
+        "near_zero_update_share": 1.0, "near_zero_edge_min": 0.5, "near_zero_edge_mean": 0.5,
+        "near_zero_edge_max": 0.5}
+    assert seed["layers"] == {"0": layer0, "1": layer1}
     # overall: sums of squares and counts: 0.28125, 1.5, 3 flips, 0.15625 small, 4 unchanged
-    assert seed["overall"] == {
+    assert pick(seed["overall"]) == {
         "n": 8, "update_norm": math.sqrt(0.28125), "surviving_norm": math.sqrt(1.5),
         "survival_ratio": math.sqrt(1.5 / 0.28125), "flip_rate": 3 / 8,
         "sub_half_step_share": 0.15625 / 0.28125, "unchanged_fraction": 0.5}
-    # no quantization: everything survives; Delta = 0, so no update is below half a step
+    # dot .375; near-zero mass .0625 + .15625; edges .25 and .5 (one group per module)
+    assert pick(seed["overall"], ("projection", "movable_cap") + CODE_METRICS) == {
+        "projection": 0.375 / 0.28125, "movable_cap": 0.5, "code_flip_rate": 3 / 8,
+        "scale_change_rate": 0.0, "flipped_block_rate": 1.0, "code_share_of_dq": 1.0,
+        "scale_share_of_dq": 0.0, "near_zero_update_share": 0.21875 / 0.28125,
+        "near_zero_edge_min": 0.25, "near_zero_edge_mean": 0.375, "near_zero_edge_max": 0.5}
+    # no quantization: everything survives; Delta = 0, so no update is below half a step;
+    # `none` has no codes: the code metrics are null
     none = report["schemes"]["none"]
-    assert none["overall"] == {
+    assert pick(none["overall"]) == {
         "n": 8, "update_norm": math.sqrt(0.28125), "surviving_norm": math.sqrt(0.28125),
         "survival_ratio": 1.0, "flip_rate": 0.5, "sub_half_step_share": 0.0,
         "unchanged_fraction": 0.5}
+    assert none["overall"]["projection"] == 1.0
+    assert all(none["overall"][k] is None for k in CODE_METRICS)
     assert none["modules"]["layers.1.proj"]["flip_rate"] == 0.5
+    assert none["modules"]["layers.1.proj"]["value_change_rate"] == 0.5
 
 
 def test_identical_models_have_no_update():
     report = diagnose_models(Stack(*THETA_O), Stack(*THETA_O), ["rtn:4"], progress=False)
-    assert report["schemes"]["rtn:4"]["overall"] == {
+    overall = report["schemes"]["rtn:4"]["overall"]
+    assert pick(overall) == {
         "n": 8, "update_norm": 0.0, "surviving_norm": 0.0, "survival_ratio": None,
         "flip_rate": 0.0, "sub_half_step_share": None, "unchanged_fraction": 1.0}
+    assert overall["projection"] is None and overall["movable_cap"] is None
+    assert overall["code_flip_rate"] == 0.0 and overall["code_share_of_dq"] is None
+
+
+def test_fp4_mechanism_on_a_crafted_update():
+    """Code crossings, scale moves and near-zero codes of bnb-fp4, every number by hand.
+
+    One 2x64 weight = two FP4 blocks of 64. FP4 values (/12): 0, 0.0625, 2, 3, 4, 6, 8, 12;
+    the 15 distinct values in ascending order have codes 0..14 (0 -> 7, 1/4 -> 10, 1/3 -> 11,
+    1/2 -> 12, 1 -> 14, 1/192 -> 8, -1/2 -> 2).
+    """
+    theta_o = torch.zeros(2, 64)
+    theta_u = torch.zeros(2, 64)
+    # block 0, absmax 1 in both models:
+    #   0.25 -> 0.3125: crosses the pivot 0.2917: code 10 (1/4) -> 11 (1/3), a code flip
+    #   -0.5 -> -0.46875: stays in (0.4167, 0.5833]: code 2 (-1/2), no change
+    #   2^-7 -> 5 * 2^-7: stays in (0.0026, 0.0859]: code 8 (1/192), near-zero, no change
+    theta_o[0, :4] = torch.tensor([1.0, 0.25, -0.5, 2 ** -7])
+    theta_u[0, :4] = torch.tensor([1.0, 0.3125, -0.46875, 5 * 2 ** -7])
+    # block 1: absmax 0.5 -> 0.53125 (a scale move); 0.25 does not move, its code stays 12
+    #   (0.25 / 0.5 = 0.5 and 0.25 / 0.53125 = 0.47 are both in (0.4167, 0.5833]) but its value
+    #   follows the scale: 0.25 -> 0.265625
+    theta_o[1, :2] = torch.tensor([0.5, 0.25])
+    theta_u[1, :2] = torch.tensor([0.53125, 0.25])
+    report = diagnose_models(Stack(theta_o.tolist()), Stack(theta_u.tolist()),
+                             ["bnb-fp4", "bnb-fp4-cpu"], progress=False)
+    third = float(torch.tensor(1 / 3))  # the float32 code value 4/12
+    d_code = third - 0.25  # dQ of the code crossing; the scale moves give dQ 1/32 and 1/64
+    sq_dq = d_code ** 2 + (1 / 32) ** 2 + (1 / 64) ** 2
+    sq_dw = (1 / 16) ** 2 + 3 * (1 / 32) ** 2  # 0.0625, 0.03125, 0.03125, 0.03125
+    expected = {
+        "n": 128, "update_norm": math.sqrt(sq_dw), "surviving_norm": math.sqrt(sq_dq),
+        "survival_ratio": math.sqrt(sq_dq / sq_dw),
+        # <dQ, dw> = d_code * 1/16 + 1/32 * 1/32 (the unmoved 0.25 adds nothing)
+        "projection": (d_code / 16 + 1 / 1024) / sq_dw,
+        "value_change_rate": 3 / 128, "flip_rate": 3 / 128, "unchanged_fraction": 124 / 128,
+        "code_flip_rate": 1 / 128, "scale_change_rate": 0.5, "flipped_block_rate": 0.5,
+        "code_share_of_dq": d_code ** 2 / sq_dq,
+        "scale_share_of_dq": ((1 / 32) ** 2 + (1 / 64) ** 2) / sq_dq,
+        "near_zero_update_share": (1 / 32) ** 2 / sq_dw,  # only 2^-7 moved within code 8
+        "movable_cap": 0.5,  # moved: 0.25, -0.5, 2^-7 and 0.5
+        "near_zero_edge_min": 0.0859375 * 0.5, "near_zero_edge_mean": 0.0859375 * 0.75,
+        "near_zero_edge_max": 0.0859375,
+    }
+    for scheme in ("bnb-fp4", "bnb-fp4-cpu"):  # no ties here: both roundings agree
+        overall = report["schemes"][scheme]["overall"]
+        assert pick(overall, expected) == pytest.approx(expected, rel=1e-12, abs=0)
+        assert overall["code_share_of_dq"] + overall["scale_share_of_dq"] == pytest.approx(1.0)
 
 
 def test_bf16_small_updates_round_away(tmp_path):

@@ -64,8 +64,9 @@ def test_nf4_by_hand():
 def test_fp4_by_hand():
     # FP4 code / 12: 0.3 -> 1/3 (midpoint 0.2917), -0.6 -> -2/3 (midpoint -0.5833),
     # 0.004 -> 0.0625/12 (midpoint 0.0026)
-    out = q("bnb-fp4", _block([1.0, 0.3, -0.6, 0.004]))
-    assert out[:4].tolist() == pytest.approx([1.0, 1 / 3, -2 / 3, 0.0625 / 12], rel=1e-6)
+    for scheme in ("bnb-fp4", "bnb-fp4-cpu"):  # no ties: the CUDA and CPU roundings agree
+        out = q(scheme, _block([1.0, 0.3, -0.6, 0.004]))
+        assert out[:4].tolist() == pytest.approx([1.0, 1 / 3, -2 / 3, 0.0625 / 12], rel=1e-6)
 
 
 def test_int8_by_hand():
@@ -76,16 +77,18 @@ def test_int8_by_hand():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+@pytest.mark.parametrize("kind, scheme", [("nf4", "bnb-nf4"), ("fp4", "bnb-fp4-cpu")])
 @pytest.mark.parametrize("block", [64, 128])
-def test_4bit_bit_exact_vs_bitsandbytes(dtype, kind, block):
+def test_4bit_bit_exact_vs_bitsandbytes_cpu(dtype, kind, scheme, block):
+    """bnb-nf4 and bnb-fp4-cpu equal bitsandbytes' CPU path (bnb-fp4 follows the CUDA kernel:
+    tests/test_fp4_cuda.py)."""
     F = pytest.importorskip("bitsandbytes.functional")
     torch.manual_seed(0)
     w = (torch.randn(256, 768) * 0.02).to(dtype)
     w[3, 5] = 0.5  # an outlier
     packed, state = F.quantize_4bit(w, blocksize=block, quant_type=kind)
     reference = F.dequantize_4bit(packed, state)
-    assert torch.equal(parse_scheme(f"bnb-{kind}:b{block}").quantize_weight(w), reference)
+    assert torch.equal(parse_scheme(f"{scheme}:b{block}").quantize_weight(w), reference)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -100,7 +103,8 @@ def test_int8_bit_exact_vs_bitsandbytes(dtype):
 
 def test_quantizers_keep_shape_and_dtype():
     w = torch.randn(128, 256, dtype=torch.bfloat16)
-    for scheme in ["rtn-seed:4", "rtn:4", "rtn:3:g128:asym", "bnb-nf4", "bnb-fp4:b128", "bnb-int8"]:
+    for scheme in ["rtn-seed:4", "rtn:4", "rtn:3:g128:asym", "bnb-nf4", "bnb-fp4:b128",
+                   "bnb-fp4-cpu", "bnb-int8"]:
         out = parse_scheme(scheme).quantize_weight(w)
         assert out.shape == w.shape and out.dtype == w.dtype, scheme
         assert not torch.equal(out, w), scheme
@@ -135,7 +139,7 @@ def test_scheme_listing():
     rows = available_schemes()
     usages = [u for _, u, _ in rows]
     for expected in ["none", "rtn-seed:N", "rtn:N[:g<size>][:asym]", "bnb-nf4[:b<size>]",
-                     "bnb-fp4[:b<size>]", "bnb-int8"]:
+                     "bnb-fp4[:b<size>]", "bnb-fp4-cpu[:b<size>]", "bnb-int8"]:
         assert expected in usages
     families = [f for f, _, _ in rows]
     assert families == sorted(families) and "" not in families  # grouped, every scheme has one
@@ -149,6 +153,7 @@ SCHEME_EXPECTATIONS = {
     "rtn:3:g64:asym": (3, False, True, "RTN-3 g64 asym"),
     "bnb-nf4": (4, False, True, "4-bit NF4"),
     "bnb-fp4:b128": (4, False, True, "4-bit FP4 b128"),
+    "bnb-fp4-cpu": (4, False, True, "4-bit FP4 (CPU rounding)"),
     "bnb-int8": (8, False, True, "8-bit"),
     "bnb-nf4-real": (4, False, False, "4-bit NF4 (bnb kernels)"),
     "bnb-fp4-real": (4, False, False, "4-bit FP4 (bnb kernels)"),
@@ -200,3 +205,55 @@ def test_describing_needs_no_torch():
             "'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def codes(scheme, values):
+    return parse_scheme(scheme).codes(torch.tensor(values, dtype=torch.float32))
+
+
+def test_codes_by_hand():
+    # rtn:4, see test_rtn_per_channel_symmetric_by_hand: row scales 0.25 and 1 (all-zero row)
+    c = codes("rtn:4", [[1.75, -0.875, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert c.codes.tolist() == [[7, -4, 1, 0], [0, 0, 0, 0]]
+    assert c.scales.tolist() == [0.25, 1.0] and c.groups.tolist() == [[0] * 4, [1] * 4]
+    assert c.zero_codes == (0,) and c.near_zero_edge == 0.5
+    # asymmetric: scale 1, zero 1, q = [0, 1, 1, 3]: the code is q - zero
+    assert codes("rtn:2:asym", [[-1.0, 0.0, 0.5, 2.0]]).codes.tolist() == [[-1, 0, 0, 2]]
+    c = codes("rtn:2:g2", [[1.0, 0.25, -2.0, 0.5]])
+    assert (c.codes.tolist(), c.scales.tolist(), c.groups.tolist()) == \
+        ([[1, 0, -1, 0]], [1.0, 2.0], [[0, 0, 1, 1]])
+    c = codes("rtn-seed:2", [[0.1, -0.35, 0.8, -0.05]])  # Delta 0.4, one group
+    assert c.codes.tolist() == [[0, -1, 2, 0]] and c.scales.tolist() == [pytest.approx(0.4)]
+    c = codes("bnb-int8", [[2.0, 1.0, 0.5], [0.0, 0.0, 0.0]])  # q = round(w * 127 / absmax)
+    assert c.codes.tolist() == [[127, 64, 32], [0, 0, 0]] and c.scales.tolist() == [2.0, 0.0]
+    assert c.near_zero_edge == 0.5 / 127
+    # FP4's 15 distinct values ascending: -1, -2/3, -1/2, -1/3, -1/4, -1/6, -1/192, 0 (index 7),
+    # 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1
+    c = codes("bnb-fp4", _block([1.0, 0.3, -0.6, 0.004, -0.004]) + _block([0.5]))
+    assert c.codes[:5].tolist() == [14, 11, 1, 8, 6] and c.scales.tolist() == [1.0, 0.5]
+    assert c.codes[64].item() == 14 and c.groups[63].item() == 0 and c.groups[64].item() == 1
+    assert c.zero_codes == (6, 7, 8) and c.near_zero_edge == 0.0859375
+    assert c.near_zero()[:5].tolist() == [False, False, False, True, True]
+    # NF4: the index into its 16 values; 0.5 -> 0.4407 (12), -0.3 -> -0.2844 (4)
+    c = codes("bnb-nf4", _block([1.0, 0.5, -0.3, 0.0]))
+    assert c.codes[:4].tolist() == [15, 12, 4, 7] and c.zero_codes == (7,)
+
+
+@pytest.mark.parametrize("scheme", ["rtn-seed:4", "rtn:4", "rtn:3:g64:asym", "bnb-int8",
+                                    "bnb-nf4", "bnb-fp4", "bnb-fp4-cpu"])
+def test_code_and_scale_determine_the_value(scheme):
+    """Equal code and scale <=> equal dequantized value (what diagnose's split relies on)."""
+    quantizer = parse_scheme(scheme)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(32, 128, generator=gen) * 0.02
+    noise = torch.randn(32, 128, generator=gen) * 0.002
+    b = a + noise * (torch.rand(32, 128, generator=gen) < 0.3) * (a.abs() < 0.02)  # not maxima
+    b[0, :64] *= 1.5  # one 4-bit block / one row changes its scale
+    ca, cb = quantizer.codes(a), quantizer.codes(b)
+    same_scale = ca.element_scales() == cb.element_scales()
+    same_code = ca.codes == cb.codes
+    changed = quantizer.quantize_weight(a) != quantizer.quantize_weight(b)
+    assert not changed[same_code & same_scale].any()
+    assert changed[~same_code & same_scale].all() and (~same_code & same_scale).any()
+    with pytest.raises(NotImplementedError):
+        parse_scheme("bnb-fp4-real").codes(a)

@@ -3,11 +3,14 @@
   muse-quant diagnose --pretrained TARGET --unlearned CKPT --quant rtn:4,bnb-fp4,gptq:4 \\
       [--out DIR] [--calib generic|forget|retain|FILE] [--dtype auto]
 
-Per quantized module, per transformer block and overall: ||θu − θo||, ||Q(θu) − Q(θo)||, their
-ratio, the fraction of weights whose quantized value flips, the share of ||θu − θo||² carried by
-weights that moved less than half a quantization step, and the fraction of weights that did not
-change at all (definitions in harness_ext/diagnostics.py). Prints the overall table; with --out
-writes DIR/diagnose.json and DIR/survival.png (survival ratio per block and scheme).
+Per quantized module, per transformer block and overall: the size of the update and of what
+survives (||θu − θo||, ||Q(θu) − Q(θo)||, their ratio), its direction (the projection
+⟨ΔQ, Δθ⟩/‖Δθ‖²), the share of weights whose dequantized value changed, and for codebook and
+uniform schemes the mechanism: code flips apart from scale changes, the shares of ‖ΔQ‖² from
+code crossings and from scale moves, the update mass in zero/near-zero codes, and the largest
+|θo| that moved next to the near-zero edge (definitions in docs/diagnostics.md). Prints the
+overall tables; with --out writes DIR/diagnose.json and DIR/survival.png (survival ratio per
+block and scheme).
 """
 
 from __future__ import annotations
@@ -17,37 +20,25 @@ HELP = "update-survival diagnostic: does the unlearning update survive quantizat
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--pretrained", required=True, help="target (original) model dir or id")
-    parser.add_argument("--unlearned", required=True,
-                        help="unlearned model dir, .safetensors delta or PEFT adapter dir")
+    from ._options import add_calib_arguments, add_model_arguments
+
+    add_model_arguments(parser, unlearned_required=True)
     parser.add_argument("--quant", required=True, help="comma-separated schemes")
     parser.add_argument("--out", default=None, help="directory for diagnose.json + plot")
     parser.add_argument("--plot_format", default="png", choices=["png", "svg"])
-    parser.add_argument("--dtype", default="auto", help="auto (checkpoint's), float32, bfloat16")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quant_lm_head", action="store_true")
-    parser.add_argument("--allow_pickle", action="store_true")
-    parser.add_argument("--calib", default="generic",
-                        help="GPTQ/AWQ calibration: generic, forget, retain or a file")
-    parser.add_argument("--calib_samples", type=int, default=128)
-    parser.add_argument("--calib_seqlen", type=int, default=512)
-    parser.add_argument("--calib_corpus", default="news", choices=["news", "books"])
-    parser.add_argument("--calib_data", default=None,
-                        help="embedded, hub or a MUSE-layout dir (default $MUSE_DATA, else "
-                             "embedded)")
+    add_calib_arguments(parser)
 
 
 def run(args) -> int:
     from ..evaluation.diagnostics import print_table, run_diagnose
     from ..evaluation.sweep import parse_scheme_list
+    from ._options import calib_kwargs
 
     schemes = parse_scheme_list(args.quant)
     report = run_diagnose(args.pretrained, args.unlearned, schemes, args.out, dtype=args.dtype,
                           device=args.device, include_lm_head=args.quant_lm_head,
                           allow_pickle=args.allow_pickle, plot_format=args.plot_format,
-                          calib=args.calib, calib_samples=args.calib_samples,
-                          calib_seqlen=args.calib_seqlen, calib_corpus=args.calib_corpus,
-                          calib_data=args.calib_data)
+                          **calib_kwargs(args))
     print(f"dtype: {report['dtype']}; unlearned: {report['unlearned']['kind']} "
           f"({report['unlearned']['tensors_changed']} tensors changed)")
     print(print_table(report))

@@ -1,33 +1,29 @@
-"""Update-survival diagnostic: how much of the unlearning update survives quantization.
+"""Update-survival diagnostic: how much of the unlearning update survives quantization, and how.
 
 Zhang et al. (ICLR 2025, Sec. 4) explain why quantization restores unlearned knowledge: with a
 small learning rate the update Delta_w = theta_u - theta_o moves most weights by less than half
-a quantization step Delta, so Q(theta_u) = Q(theta_o) for them and the quantized unlearned model
+a quantization step, so Q(theta_u) = Q(theta_o) for them and the quantized unlearned model
 equals the quantized target. This module measures that from the weights alone, without any
-generation. For every quantized module (the same modules ``quant=`` quantizes), with
-theta_o = target weights, theta_u = unlearned weights, Q the scheme's quantize-dequantize map and
-Delta_k the quantization step of element k on the **target's** grid
-(:meth:`Quantizer.quantization_step`; for NF4/FP4 the width of the element's code bucket times
-the block's absmax, see :func:`harness_ext.quantizers.schemes.bnb_fake.blockwise_4bit_step`):
+generation, for every quantized module (the same modules ``quant=`` quantizes), summed per
+transformer block (``layers``: the first ``.<index>.`` in the module name, others ``"other"``)
+and ``overall``. Every metric is defined in ``docs/diagnostics.md``; in short, with
+dQ = Q(theta_u) - Q(theta_o):
 
-* ``update_norm``      = ||theta_u - theta_o||_2 (Frobenius, in float64);
-* ``surviving_norm``   = ||Q(theta_u) - Q(theta_o)||_2;
-* ``survival_ratio``   = surviving_norm / update_norm, computed as
-  sqrt(surviving_norm^2 / update_norm^2); null when the update is 0. 0 means the quantized
-  models are identical; it can exceed 1 (rounding can amplify a small update);
-* ``flip_rate``        = #{k : Q(theta_u)_k != Q(theta_o)_k} / n, the fraction of weights whose
-  quantized (dequantized) value changed;
-* ``sub_half_step_share`` = sum_{k : |Delta_w_k| < Delta_k / 2} Delta_w_k^2 / sum_k Delta_w_k^2,
-  the share of the update's squared norm carried by weights that moved less than half a step
-  (those can only flip by crossing a rounding boundary); null when the update is 0 or the scheme
-  has no step (``Delta = 0`` for ``none``, so it is 0 there);
-* ``unchanged_fraction`` = #{k : theta_u_k == theta_o_k} / n, exact equality: for bf16/fp16
-  checkpoints the share of weights the update did not move at all (small updates round away in
-  16-bit); reported for every dtype;
-* ``n`` = number of weights.
+* size: ``update_norm``, ``surviving_norm``, ``survival_ratio`` = ||dQ|| / ||Delta_w||;
+* direction: ``projection`` = <dQ, Delta_w> / ||Delta_w||^2, the share of the update kept in its
+  own direction (1: all of it; 0: none);
+* ``value_change_rate``: the share of weights whose dequantized value changed (``flip_rate`` is
+  the same number under its old, misleading name, kept for one version);
+* codes (schemes with :meth:`Quantizer.codes`, else null): ``code_flip_rate`` (the share of
+  weights whose code changed), ``scale_change_rate`` (the share of quantization blocks / rows /
+  groups whose scale changed), ``flipped_block_rate`` (the share of blocks with a code flip),
+  ``code_share_of_dq`` / ``scale_share_of_dq`` (the shares of ||dQ||^2 from code crossings and
+  from scale moves alone; they add up to 1), ``near_zero_update_share`` (the share of
+  ||Delta_w||^2 in weights whose target code is a zero / near-zero code) and
+  ``near_zero_edge_min/mean/max`` (near_zero_edge * the target's scale, over blocks);
+* ``movable_cap``: the largest |theta_o| among the weights the update moved at all;
+* ``sub_half_step_share``, ``unchanged_fraction``, ``n``.
 
-``layers`` and ``overall`` aggregate the same sums over the modules of one transformer block
-(the first ``.<index>.`` in the module name; others go to ``"other"``) or over all modules.
 For GPTQ and AWQ, Q is the calibrated quantizer applied to each model on its own (own Hessian /
 own activation scales); for AWQ the smoothing scales are folded back so that Q(theta) acts on the
 original inputs (:mod:`harness_ext.quantizers.schemes.awq`). ``*-real`` bitsandbytes schemes use
@@ -48,52 +44,112 @@ from ..errors import MuseQuantError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("n", "update_norm", "surviving_norm", "survival_ratio", "flip_rate",
-           "sub_half_step_share", "unchanged_fraction")
-_SUMS = ("n", "sq_update", "sq_surviving", "flips", "sq_small", "unchanged", "has_step")
+METRICS = ("n", "update_norm", "surviving_norm", "survival_ratio", "projection",
+           "value_change_rate", "flip_rate", "sub_half_step_share", "unchanged_fraction",
+           "code_flip_rate", "scale_change_rate", "flipped_block_rate", "code_share_of_dq",
+           "scale_share_of_dq", "near_zero_update_share", "movable_cap", "near_zero_edge_min",
+           "near_zero_edge_mean", "near_zero_edge_max")
+#: how each sum combines over modules (default: +)
+_ALL = ("has_step", "has_codes")
+_MAX = ("cap", "edge_max")
+_MIN = ("edge_min",)
+
+
+def _code_sums(sq, dq, codes_o, codes_u) -> dict:
+    """The code / scale sums of one module (see :func:`module_sums`)."""
+    flipped = codes_u.codes != codes_o.codes
+    scale_moved = codes_u.element_scales() != codes_o.element_scales()
+    edges = codes_o.near_zero_edge * codes_o.scales.double()
+    n_groups = codes_o.scales.numel()
+    flipped_groups = torch.zeros(n_groups, dtype=torch.bool)
+    flipped_groups[codes_o.groups[flipped]] = True
+    return {"code_flips": int(flipped.sum()), "groups": n_groups,
+            "scale_changes": int((codes_u.scales != codes_o.scales).sum()),
+            "flipped_groups": int(flipped_groups.sum()),
+            "sq_dq_code": float(dq.square()[flipped].sum()),
+            "sq_dq_scale": float(dq.square()[~flipped & scale_moved].sum()),
+            "sq_near_zero": float(sq[codes_o.near_zero()].sum()),
+            "edge_sum": float(edges.sum()), "edge_min": float(edges.min()),
+            "edge_max": float(edges.max())}
 
 
 def module_sums(theta_o: torch.Tensor, theta_u: torch.Tensor, q_o: torch.Tensor,
-                q_u: torch.Tensor, step: torch.Tensor | None) -> dict:
-    """The additive sums behind every metric for one module (see the module docstring)."""
+                q_u: torch.Tensor, step: torch.Tensor | None, codes_o=None, codes_u=None) -> dict:
+    """The additive sums behind every metric for one module (see the module docstring).
+
+    ``codes_o`` / ``codes_u``: the :class:`~harness_ext.quantizers.codes.QuantCodes` of both
+    weights, or None when the scheme has none.
+    """
     update = theta_u.double() - theta_o.double()
     sq = update.square()
+    dq = q_u.double() - q_o.double()
+    moved = theta_u != theta_o
     out = {"n": theta_o.numel(), "sq_update": float(sq.sum()),
-           "sq_surviving": float((q_u.double() - q_o.double()).square().sum()),
-           "flips": int((q_u != q_o).sum()), "unchanged": int((theta_u == theta_o).sum()),
-           "sq_small": 0.0, "has_step": step is not None}
+           "sq_surviving": float(dq.square().sum()), "dot": float((dq * update).sum()),
+           "value_changes": int((q_u != q_o).sum()), "unchanged": int((~moved).sum()),
+           "cap": float(theta_o[moved].abs().max()) if moved.any() else 0.0,
+           "sq_small": 0.0, "has_step": step is not None, "has_codes": codes_o is not None}
     if step is not None:
         small = update.abs() < step.double() / 2
         out["sq_small"] = float(sq[small].sum())
+    if codes_o is not None:
+        out.update(_code_sums(sq, dq, codes_o, codes_u))
     return out
 
 
 def _add(total: dict, part: dict) -> dict:
     if not total:
         return dict(part)
-    out = {k: total[k] + part[k] for k in _SUMS if k != "has_step"}
-    out["has_step"] = total["has_step"] and part["has_step"]
+    out = {}
+    for key in total.keys() & part.keys():
+        a, b = total[key], part[key]
+        out[key] = (a and b if key in _ALL else max(a, b) if key in _MAX
+                    else min(a, b) if key in _MIN else a + b)
     return out
+
+
+def _ratio(num, den):
+    return num / den if den else None
 
 
 def finalize(sums: dict) -> dict:
     """Metrics from :func:`module_sums` (or sums of them)."""
-    sq_u, n = sums["sq_update"], sums["n"]
+    sq_u, sq_q, n = sums["sq_update"], sums["sq_surviving"], sums["n"]
+    codes = sums["has_codes"]
+    value_changes = _ratio(sums["value_changes"], n)
     return {
         "n": n,
         "update_norm": math.sqrt(sq_u),
-        "surviving_norm": math.sqrt(sums["sq_surviving"]),
-        "survival_ratio": math.sqrt(sums["sq_surviving"] / sq_u) if sq_u > 0 else None,
-        "flip_rate": sums["flips"] / n if n else None,
-        "sub_half_step_share": (sums["sq_small"] / sq_u) if sq_u > 0 and sums["has_step"]
-        else None,
-        "unchanged_fraction": sums["unchanged"] / n if n else None,
+        "surviving_norm": math.sqrt(sq_q),
+        "survival_ratio": math.sqrt(sq_q / sq_u) if sq_u > 0 else None,
+        "projection": _ratio(sums["dot"], sq_u),
+        "value_change_rate": value_changes,
+        "flip_rate": value_changes,  # deprecated name of value_change_rate
+        "sub_half_step_share": _ratio(sums["sq_small"], sq_u) if sums["has_step"] else None,
+        "unchanged_fraction": _ratio(sums["unchanged"], n),
+        "code_flip_rate": _ratio(sums["code_flips"], n) if codes else None,
+        "scale_change_rate": _ratio(sums["scale_changes"], sums["groups"]) if codes else None,
+        "flipped_block_rate": _ratio(sums["flipped_groups"], sums["groups"]) if codes else None,
+        "code_share_of_dq": _ratio(sums["sq_dq_code"], sq_q) if codes else None,
+        "scale_share_of_dq": _ratio(sums["sq_dq_scale"], sq_q) if codes else None,
+        "near_zero_update_share": _ratio(sums["sq_near_zero"], sq_u) if codes else None,
+        "movable_cap": sums["cap"] if sums["unchanged"] < n else None,
+        "near_zero_edge_min": sums["edge_min"] if codes else None,
+        "near_zero_edge_mean": _ratio(sums["edge_sum"], sums["groups"]) if codes else None,
+        "near_zero_edge_max": sums["edge_max"] if codes else None,
     }
 
 
 def layer_of(module_name: str) -> str:
     match = re.search(r"\.(\d+)\.", f".{module_name}.")
     return match.group(1) if match else "other"
+
+
+def _codes_or_none(quantizer, theta_o, theta_u) -> tuple:
+    try:
+        return quantizer.codes(theta_o), quantizer.codes(theta_u)
+    except NotImplementedError:
+        return None, None
 
 
 def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes: list[str],
@@ -112,7 +168,7 @@ def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes:
                              "use an unlearned checkpoint of the same architecture")
     mods_o, mods_u = dict(model_o.named_modules()), dict(model_u.named_modules())
     dtype = str(next(iter(model_o.parameters())).dtype).replace("torch.", "")
-    report = {"dtype": dtype, "metric_definitions": "see harness_ext/diagnostics.py",
+    report = {"dtype": dtype, "metric_definitions": "see docs/diagnostics.md",
               "schemes": {}}
     for quantizer in tqdm(quantizers, desc="diagnose", unit="scheme", disable=not progress):
         for name in names:
@@ -127,9 +183,11 @@ def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes:
         modules, layers, overall = {}, {}, {}
         for name, q_u, _ in quantizer.diagnostic_weights(model_u, names, cal):
             q_o, step = q_target[name]
-            sums = module_sums(mods_o[name].weight.detach().cpu(),
-                               mods_u[name].weight.detach().cpu(), q_o.cpu(), q_u.cpu(),
-                               None if step is None else step.cpu())
+            theta_o = mods_o[name].weight.detach().cpu()
+            theta_u = mods_u[name].weight.detach().cpu()
+            sums = module_sums(theta_o, theta_u, q_o.cpu(), q_u.cpu(),
+                               None if step is None else step.cpu(),
+                               *_codes_or_none(quantizer, theta_o, theta_u))
             modules[name] = finalize(sums)
             layers[layer_of(name)] = _add(layers.get(layer_of(name), {}), sums)
             overall = _add(overall, sums)
@@ -198,19 +256,34 @@ def load_pair(pretrained: str, unlearned: str, dtype: str = "auto", device: str 
     return target, unlearned_model.eval(), tokenizer, report
 
 
+#: the printed tables: (column title, metric)
+TABLES = (
+    (("||update||", "update_norm"), ("||surviving||", "surviving_norm"),
+     ("ratio", "survival_ratio"), ("projection", "projection"),
+     ("value chg", "value_change_rate"), ("<Δ/2 share", "sub_half_step_share"),
+     ("unchanged", "unchanged_fraction")),
+    (("code flips", "code_flip_rate"), ("scale chg", "scale_change_rate"),
+     ("ΔQ² codes", "code_share_of_dq"), ("ΔQ² scales", "scale_share_of_dq"),
+     ("Δ² near 0", "near_zero_update_share"), ("moved cap", "movable_cap"),
+     ("0-edge min", "near_zero_edge_min"), ("0-edge mean", "near_zero_edge_mean")),
+)
+
+
 def print_table(report: dict) -> str:
+    """The overall metrics of every scheme: size and direction, then the code mechanism."""
     def fmt(x):
         return "-" if x is None else f"{x:.4g}"
 
-    head = f"{'scheme':<16}{'||update||':>12}{'||surviving||':>15}{'ratio':>9}{'flips':>9}" \
-           f"{'<Δ/2 share':>12}{'unchanged':>11}"
-    lines = [head]
-    for scheme, data in report["schemes"].items():
-        m = data["overall"]
-        lines.append(f"{scheme:<16}{fmt(m['update_norm']):>12}{fmt(m['surviving_norm']):>15}"
-                     f"{fmt(m['survival_ratio']):>9}{fmt(m['flip_rate']):>9}"
-                     f"{fmt(m['sub_half_step_share']):>12}{fmt(m['unchanged_fraction']):>11}")
-    return "\n".join(lines)
+    lines = []
+    for columns in TABLES:
+        width = [max(10, len(title) + 2) for title, _ in columns]
+        lines.append(f"{'scheme':<16}" + "".join(f"{t:>{w}}" for (t, _), w in zip(columns, width)))
+        for scheme, data in report["schemes"].items():
+            m = data["overall"]
+            lines.append(f"{scheme:<16}" + "".join(f"{fmt(m[k]):>{w}}"
+                                                   for (_, k), w in zip(columns, width)))
+        lines.append("")
+    return "\n".join(lines[:-1])
 
 
 def run_diagnose(pretrained: str, unlearned: str, schemes: list[str], out: str | Path | None,

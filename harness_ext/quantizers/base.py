@@ -124,6 +124,16 @@ class Quantizer:
         """
         raise NotImplementedError
 
+    def codes(self, weight: torch.Tensor):
+        """The element codes and group scales behind :meth:`quantize_weight`.
+
+        Returns a :class:`harness_ext.quantizers.codes.QuantCodes` (``codes, scales, ...``).
+        Codebook and uniform-grid schemes implement it; the others (calibrated, real-kernel)
+        raise NotImplementedError and ``muse-quant diagnose`` reports their code metrics as
+        ``-``.
+        """
+        raise NotImplementedError
+
     # -- model-level interface ----------------------------------------------------------
     def quantized_weights(self, model: torch.nn.Module, module_names: list[str],
                           calibration: Calibration | None = None
@@ -161,6 +171,12 @@ class Quantizer:
 
         return write_weights(model, self.quantized_weights(model, module_names, calibration),
                              progress=progress, desc=f"quantizing ({self.scheme})")
+
+    def to_float_modules(self, model: torch.nn.Module, module_names: list[str]) -> list[str]:
+        """After :meth:`apply`, make every quantized module a float ``nn.Linear`` again, holding
+        the dequantized weight the scheme computes with (for ``muse-quant quantize``); returns
+        the names converted. Fake quantizers already wrote float weights: nothing to do."""
+        return []
 
     def describe(self) -> dict:
         """What goes into the results JSON about this scheme."""

@@ -7,7 +7,8 @@ BitsAndBytesConfig(...))`` does, instead of fake-quantized float weights:
   bnb_4bit_quant_type="nf4"|"fp4", bnb_4bit_use_double_quant=False,
   bnb_4bit_compute_dtype=<model dtype>)``: ``bnb.nn.Linear4bit`` with blockwise absmax, block 64
   (transformers' fixed default), uint8 storage. The stored weight is bit-identical to the fake
-  ``bnb-nf4`` / ``bnb-fp4``; only the matmul kernel differs.
+  ``bnb-nf4``, and for FP4 to ``bnb-fp4-cpu`` on a CPU and to ``bnb-fp4`` (the CUDA kernel's
+  rounding) on a GPU; only the matmul kernel differs.
 * ``bnb-int8-real``: ``BitsAndBytesConfig(load_in_8bit=True)``: ``bnb.nn.Linear8bitLt`` with
   ``has_fp16_weights=False`` and LLM.int8's outlier threshold 6.0, i.e. activation columns with a
   value above 6 are multiplied in 16-bit (mixed-precision decomposition), which the fake
@@ -141,6 +142,14 @@ class _BnbReal(Quantizer):
                 swap_module(model, name, self.make_module(linear, self.config(linear.weight.dtype)))
         return list(module_names)
 
+    def to_float_modules(self, model, module_names):
+        """Swap the bitsandbytes layers back for ``nn.Linear``s holding their dequantized
+        weights (:func:`dequantized_weight`, cast to the model's dtype)."""
+        from ..apply import restore_swapped
+
+        return restore_swapped(model, {name: dequantized_weight(model.get_submodule(name))
+                                       for name in module_names})
+
     def describe(self):
         out = {**super().describe(), "kernels": "bitsandbytes " + _bnb().__version__}
         if self.compute_dtype is not None:
@@ -167,8 +176,8 @@ class _Bnb4bitReal(_BnbReal):
                 f"{self.scheme}: {module_name} has shape {out_features}x{in_features}; "
                 f"bitsandbytes' CPU 4-bit kernel needs in_features divisible by the block size "
                 f"{BLOCK_4BIT} and out_features divisible by {CPU_PACK_ROWS}",
-                f"use the fake-quantized bnb-{self.kind} (bit-identical weights), run on a GPU, "
-                "or skip this module")
+                f"use the fake-quantized bnb-{self.kind} (the weights bitsandbytes computes on a "
+                "GPU), run on a GPU, or skip this module")
 
     def make_module(self, linear, config):
         import torch
@@ -202,7 +211,9 @@ class _Bnb4bitReal(_BnbReal):
         return F.dequantize_4bit(packed, state).reshape(weight.shape).to(weight.dtype)
 
     def quantization_step(self, weight):
-        return blockwise_4bit_step(weight, self.kind, BLOCK_4BIT)
+        # the fake kind with the rounding of the device's kernel (bnb_fake.KINDS)
+        kind = self.kind if self.kind == "nf4" or weight.is_cuda else f"{self.kind}-cpu"
+        return blockwise_4bit_step(weight, kind, BLOCK_4BIT)
 
     def describe(self):
         return {**super().describe(), "bits": self.bits, "codebook": self.kind,

@@ -16,8 +16,10 @@ float32; the result is cast back to the weight's dtype.
 
 from __future__ import annotations
 
-from ...errors import MuseQuantError
+
 from ..base import QUANTIZERS, Quantizer, bad_scheme, parse_bits, parse_options
+from ..codes import QuantCodes
+from ...errors import MuseQuantError
 
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 FAMILY = "round-to-nearest (plain torch)"
@@ -26,9 +28,9 @@ FAMILY = "round-to-nearest (plain torch)"
 @QUANTIZERS.register("rtn-seed")
 class SeedRTN(Quantizer):
     usage = "rtn-seed:N"
-    summary = "the paper's per-tensor RTN: Delta = max|w|/2^(N-1), no clamp (2^N+1 levels)"
     family = FAMILY
     label = "paper RTN-{bits}"
+    summary = "the paper's per-tensor RTN: Delta = max|w|/2^(N-1), no clamp (2^N+1 levels)"
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
@@ -52,6 +54,16 @@ class SeedRTN(Quantizer):
         delta = weight.float().abs().max() / 2 ** (self.bits - 1)
         return torch.full(weight.shape, float(delta), dtype=torch.float32)
 
+    def codes(self, weight):
+        """q = round(w / Delta) per element (0 for an all-zero tensor); one group, scale Delta."""
+        import torch
+
+        w = weight.float()
+        delta = w.abs().max() / 2 ** (self.bits - 1)
+        q = torch.round(w / delta) if delta > 0 else torch.zeros_like(w)
+        return QuantCodes(q.long(), delta.reshape(1), torch.zeros(weight.shape, dtype=torch.long),
+                          (0,), 0.5)
+
     def describe(self):
         return {**super().describe(), "bits": self.bits, "granularity": "tensor",
                 "levels": 2 ** self.bits + 1}
@@ -60,9 +72,9 @@ class SeedRTN(Quantizer):
 @QUANTIZERS.register("rtn")
 class RTN(Quantizer):
     usage = "rtn:N[:g<size>][:asym]"
-    summary = "standard RTN, qmax = 2^(N-1)-1, per output channel or per group of input columns"
     family = FAMILY
     label = "RTN-{bits}"
+    summary = "standard RTN, qmax = 2^(N-1)-1, per output channel or per group of input columns"
 
     def __init__(self, name, args):
         self.name, self.args = name, list(args)
@@ -97,7 +109,9 @@ class RTN(Quantizer):
             return (hi - lo) / (2 ** self.bits - 1), lo
         return w.abs().amax(dim=-1, keepdim=True) / (2 ** (self.bits - 1) - 1), None
 
-    def quantize_weight(self, weight):
+    def _levels(self, weight):
+        """``(scale, level)``: the group scale (1 for an all-zero group) and the signed integer
+        level of each element, Q(w) = scale * level (grouped layout)."""
         import torch
 
         w = self._grouped(weight)
@@ -107,11 +121,22 @@ class RTN(Quantizer):
             maxq = 2 ** self.bits - 1
             zero = torch.round(-lo / scale)
             q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-            out = scale * (q - zero)
-        else:
-            qmax = 2 ** (self.bits - 1) - 1
-            out = scale * torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
-        return out.reshape(weight.shape).to(weight.dtype)
+            return scale, q - zero
+        qmax = 2 ** (self.bits - 1) - 1
+        return scale, torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
+
+    def quantize_weight(self, weight):
+        scale, level = self._levels(weight)
+        return (scale * level).reshape(weight.shape).to(weight.dtype)
+
+    def codes(self, weight):
+        """The integer level (asym: q - zero) per element and the step of each row / group."""
+        import torch
+
+        scale, level = self._levels(weight)
+        groups = torch.arange(scale.numel()).reshape(scale.shape).expand_as(level)
+        return QuantCodes(level.long().reshape(weight.shape), scale.reshape(-1),
+                          groups.reshape(weight.shape), (0,), 0.5)
 
     def quantization_step(self, weight):
         """Delta = the scale of the element's group (row without ``g``)."""
