@@ -12,7 +12,8 @@ Layout of ``OUT`` (default ``demo_out/``)::
     summary.md, <corpus>_retained.svg
 
 A stage is done when its folder holds ``.done.json``; a folder without it (an interrupted run)
-is removed and redone (:class:`.stages.Stage`). ``--fresh`` removes ``OUT`` first, but only a folder this command made.
+is removed and redone (:class:`.stages.Stage`). ``--fresh`` removes ``OUT`` first, but only a
+folder this command made.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ and it shows **recovery** when the unlearning forgot something at full precision
 (``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back
 (``retained_4bit - retained_full >= 10``). Retained knowledge, the rule and its threshold are
 defined once, in :mod:`harness_ext.leaderboard.scores` (``retained``, ``recovered``,
-``RECOVERY_POINTS``). For ``bf16`` the target is first rounded to bf16 and stored so (MUSE's models are 16-bit), unlearned in pure bf16, and both are evaluated with
-fp32 arithmetic on their (exactly representable) bf16 weights, so only the weights differ.
+``RECOVERY_POINTS``). For ``bf16`` the target is first rounded to bf16 and stored so (MUSE's
+models are 16-bit), unlearned in pure bf16, and both are evaluated with fp32 arithmetic on their
+(exactly representable) bf16 weights, so only the weights differ.
 """
 
 from __future__ import annotations
