@@ -202,3 +202,22 @@ def package_versions(distributions) -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def parse_kv(text, what: str = "--model_args", fix: str | None = None) -> dict:
+    """lm-eval's ``k=v,k=v`` (``--model_args``) as a dict, values typed as lm-eval types them
+    (``lm_eval.utils.handle_arg_string``: ``true``/``false``, integers, floats, else the string).
+    A dict is returned as a copy; an empty text gives ``{}``. A fragment without ``=`` raises
+    :class:`MuseQuantError` naming ``what`` (with ``fix`` as the hint)."""
+    if isinstance(text, dict):
+        return dict(text)
+    from lm_eval.utils import handle_arg_string
+
+    args = {}
+    for fragment in [f for f in str(text or "").split(",") if f.strip()]:
+        if "=" not in fragment:
+            raise MuseQuantError(f"{what} fragment {fragment!r} is not key=value",
+                                 fix or f"{what} is a comma-separated list of key=value pairs")
+        key, value = fragment.split("=", 1)
+        args[key.strip()] = handle_arg_string(value)
+    return args

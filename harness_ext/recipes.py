@@ -53,3 +53,23 @@ def paper_hyperparameters(corpus: str, method: str, sure_threshold: str | None =
         if sure_threshold is not None:
             hp["sure_threshold"] = str(sure_threshold)
     return hp
+
+
+# ---------------------------------------------------------------- scheme lists (display, demo)
+#: full precision (no quantization)
+FULL_PRECISION = "none"
+#: the paper's 4-bit: bitsandbytes FP4 (the leaderboard sorts by it, the demo reports it)
+PAPER_4BIT = "bnb-fp4"
+#: the leaderboard's precision columns, in display order: (scheme, column label)
+LEADERBOARD_PRECISIONS = (("none", "full"), ("bnb-int8", "8-bit"), ("bnb-fp4", "4-bit FP4"),
+                          ("gptq:4", "GPTQ-4"), ("awq:4", "AWQ-4"))
+#: the leaderboard's 4-bit columns (retained knowledge compared with full precision)
+LEADERBOARD_4BIT = ("bnb-fp4", "gptq:4", "awq:4")
+#: the leaderboard plot's marker per precision
+LEADERBOARD_MARKERS = {"none": "o", "bnb-int8": "s", "bnb-fp4": "^", "gptq:4": "D", "awq:4": "v"}
+#: the demo's sweep: full precision, bitsandbytes int8 and FP4, RTN, GPTQ and AWQ
+DEMO_SCHEMES = ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
+#: the schemes the demo's ``diagnose`` stage reports
+DEMO_DIAGNOSE_SCHEMES = ("bnb-fp4", "rtn:4:g64")
+#: the recovery map: full precision and the paper's 4-bit
+RECOVERY_MAP_SCHEMES = ("none", "bnb-fp4")

@@ -18,6 +18,7 @@ from harness_ext.cli import main
 from harness_ext.leaderboard import builder, scores
 from harness_ext.leaderboard.add import checkpoint_sha256
 from harness_ext.leaderboard.check import check, compare_results, unlearn_arguments
+from harness_ext.leaderboard.entry import Entry
 from harness_ext.leaderboard.validator import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTES, check_results,
                                               current_tasks, load_board, load_plain_yaml)
 
@@ -248,6 +249,67 @@ def test_retained_knowledge_by_hand(tmp_path):
     # lowest 4-bit retained first; npo-klr ties npo-gdr at 75% and wins on KnowMem_r 28 > 25
     assert [e.slug for e in group.methods] == ["sure", "ga", "npo-klr", "npo-gdr", "ga-klr"]
     assert scores.retained(3.0, 0.0) is None and scores.retained(None, 40.0) is None
+
+
+def _method_entry(name, card=None, kind="method"):
+    meta = {"kind": kind, "method": name}
+    if card is not None:
+        meta["run_card"] = card
+    return Entry(corpus="news", slug=name.lower(), path=Path("."), meta=meta, results={})
+
+
+@pytest.mark.parametrize("name, card, baseline", [
+    # run card: the method the registry declares (needs_retain, not a SURE variant)
+    ("anything", {"method": "ga_gdr", "sure": None}, True),
+    ("anything", {"method": "npo_klr", "sure": None}, True),
+    ("anything", {"method": "npo", "sure": None}, False),  # no retain term
+    ("anything", {"method": "ga_klr_sure", "sure": None}, False),  # a SURE variant
+    ("anything", {"method": "npo_gdr", "sure": {"gamma": 0.1}}, False),  # the card says SURE
+    ("anything", {"method": "my_external_gdr", "sure": None}, False),  # not registered here
+    # no run card: the display name read as a registered name
+    ("NPO-GDR", None, True),
+    ("GA_KLR", None, True),
+    ("Ga Gdr", None, True),
+    ("GA", None, False),
+    ("NPO_KLR + SURE", None, False),
+    ("MY_GDR", None, False),  # an external method: not registered, so not a baseline
+])
+def test_baselines_are_what_the_registered_method_declares(name, card, baseline):
+    assert scores.is_utility_constrained_baseline(_method_entry(name, card)) is baseline
+
+
+def test_references_are_never_baselines():
+    assert not scores.is_utility_constrained_baseline(_method_entry("GA_GDR", kind="target"))
+    assert not scores.is_utility_constrained_baseline(_method_entry("GA_GDR", kind="retrain"))
+
+
+def test_unregistered_method_is_left_out_of_the_average(tmp_path):
+    root = hand_board(tmp_path / "lb")
+    # VerbMem 25 / 50 = 50% full, 40 / 40 = 100% at FP4; a GDR-like name, but not registered
+    make_entry(root, "external", three_schemes((25.0, 25.0, 40.0), (30.0, 30.0, 30.0)),
+               meta=entry_meta("method", "news", "MY_GDR"))
+    (group,) = scores.groups(load_board(root), "news")
+    assert sorted(e.slug for e in group.baselines()) == ["ga-klr", "npo-gdr", "npo-klr"]
+    assert group.average_retained("none") == pytest.approx(20.0)  # (20 + 10 + 30) / 3
+    assert group.average_retained("bnb-fp4") == pytest.approx(80.0)  # (75 + 90 + 75) / 3
+    external = next(e for e in group.methods if e.slug == "external")
+    assert group.average_retained("none", [external]) == 50.0
+
+
+@pytest.mark.parametrize("full, four, expected", [
+    (20.0, 45.0, True),  # forgot 80 points, 4-bit brings 25 back
+    (90.0, 100.0, True),  # both bounds reached exactly: full = 100 - 10, gap = 10
+    (90.0, 99.5, False),  # gap 9.5 < 10
+    (90.5, 104.5, False),  # forgot only 9.5 points: drift, not recovery
+    (94.0, 104.5, False),
+    (5.0, 8.0, False),
+    (50.0, 40.0, False),  # 4-bit forgets more
+    (None, 45.0, None),
+    (20.0, None, None),
+])
+def test_recovery_rule_by_hand(full, four, expected):
+    assert scores.RECOVERY_POINTS == 10.0
+    assert scores.recovered(full, four) is expected
 
 
 def test_readme_table_by_hand(tmp_path):
@@ -503,6 +565,23 @@ def test_unlearn_arguments_redirect_the_output():
         ["--out", "/o"]
     with pytest.raises(Exception, match="not a `muse-quant unlearn` command"):
         unlearn_arguments(["bash", "-c", "rm -rf /"], "/o")
+
+
+@pytest.mark.parametrize("recorded", [
+    {"pretrained": "/old", "dtype": "float32", "calib_samples": 4, "unlearned": "/u",
+     "quant": "none"},
+    "pretrained=/old,dtype=float32,calib_samples=4,unlearned=/u,quant=none",  # lm-eval's string
+])
+def test_reproduce_model_args_keep_the_recorded_settings(recorded):
+    from harness_ext.leaderboard.check import _model_args
+
+    data = make_results(unlearned="/u")
+    data["config"]["model_args"] = recorded
+    entry = Entry(corpus="news", slug="m", path=Path("."), meta={}, results={"none": data})
+    # pretrained / unlearned replaced, quant left to --quant, the rest kept in order
+    assert _model_args(entry, "/new", "/ckpt") == \
+        "pretrained=/new,unlearned=/ckpt,dtype=float32,calib_samples=4"
+    assert _model_args(entry, "/new", None) == "pretrained=/new,dtype=float32,calib_samples=4"
 
 
 def test_compare_results_is_exact():

@@ -145,6 +145,19 @@ def test_unknown_task_fails_before_loading(tmp_path, capsys):
     assert code == 2 and "unknown task(s): muse_news_quantt" in capsys.readouterr().err
 
 
+def test_parse_kv_types_values_as_lm_eval_does():
+    from harness_ext.io import parse_kv
+
+    assert parse_kv("a=1, b=true,c=x=y,d=0.5,e=False,f=float32,") == \
+        {"a": 1, "b": True, "c": "x=y", "d": 0.5, "e": False, "f": "float32"}
+    assert parse_kv("") == {} and parse_kv(None) == {}
+    given = {"pretrained": "/m"}
+    assert parse_kv(given) == given and parse_kv(given) is not given
+    with pytest.raises(MuseQuantError, match="--metadata fragment 'r' is not key=value") as err:
+        parse_kv("r,alpha=2", "--metadata")
+    assert "comma-separated list of key=value" in err.value.fix
+
+
 def test_parsers():
     assert sweep.parse_scheme_list("none, bnb-fp4 ,rtn:4:g128") == ["none", "bnb-fp4",
                                                                      "rtn:4:g128"]

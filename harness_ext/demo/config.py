@@ -33,13 +33,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from ..recipes import SURE_PAPER, SURE_SUFFIX
+from ..recipes import DEMO_SCHEMES, SURE_PAPER, SURE_SUFFIX
 from ..unlearning.config import UnlearnConfig
 
 #: the six MUSE baselines and the SURE variants the issue asks for
 METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_gdr_sure", "npo_klr_sure")
 #: the sweep: full precision, bitsandbytes int8 and FP4 (the paper's 4-bit), RTN, GPTQ and AWQ
-SCHEMES = ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
+SCHEMES = DEMO_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ DEFAULT = DemoConfig()
 FAST = DemoConfig(
     name="fast",
     methods=("ga_gdr", "npo_klr_sure"),
-    schemes=("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4"),
+    schemes=DEMO_SCHEMES,
     model=replace(ModelRecipe(), num_hidden_layers=2, generic_docs=24, pretrain_epochs=1,
                   finetune_epochs=2, finetune_qa_shuffles=1, max_len=256),
     unlearn=replace(UnlearnRecipe(), max_steps=2),

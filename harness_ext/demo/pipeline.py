@@ -12,98 +12,23 @@ Layout of ``OUT`` (default ``demo_out/``)::
     summary.md, <corpus>_retained.svg
 
 A stage is done when its folder holds ``.done.json``; a folder without it (an interrupted run)
-is removed and redone. ``--fresh`` removes ``OUT`` first, but only a folder this command made.
+is removed and redone (:class:`.stages.Stage`). ``--fresh`` removes ``OUT`` first, but only a
+folder this command made.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 from ..errors import MuseQuantError
+from ..recipes import DEMO_DIAGNOSE_SCHEMES
 from .config import DemoConfig
+from .stages import DONE, Stage, model_names, offline, run_command
+from .summary import add_entries, write_summary
 
-MARKER = ".muse-quant-demo.json"
-DONE = ".done.json"
-FORMAT_VERSION = 1
 TASKS = "muse_{corpus}_quant"
-
-
-def prepare_out(out: Path, config: DemoConfig, fresh: bool) -> None:
-    """Create ``out`` (or check it is this configuration's cache); ``fresh`` empties it first."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise MuseQuantError(f"--out {out} is a file", "pass a folder, e.g. --out demo_out")
-    nonempty = out.exists() and any(out.iterdir())
-    if nonempty and not marker.exists():
-        raise MuseQuantError(
-            f"{out} exists, is not empty and was not made by `muse-quant demo`",
-            "choose another --out (the demo never deletes folders it did not make)")
-    if fresh and marker.exists():
-        shutil.rmtree(out)
-    elif marker.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("config") != config.to_json():
-            raise MuseQuantError(
-                f"{out} holds a demo made with another configuration "
-                f"({recorded.get('config', {}).get('name')!r}, now {config.name!r})",
-                "pass --fresh to start over there, or choose another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"format": FORMAT_VERSION, "config": config.to_json()},
-                                 indent=2) + "\n")
-
-
-class Stage:
-    """A cached unit of work: ``with Stage(dir) as stage: if not stage.done: ...``."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = Path(path), what
-        self.done = (self.path / DONE).exists()
-
-    def __enter__(self):
-        if not self.done:
-            if self.path.exists():  # left over from an interrupted run
-                shutil.rmtree(self.path)
-            self.path.mkdir(parents=True)
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and not self.done:
-            seconds = round(time.perf_counter() - self.start, 2)
-            record = {"what": self.what, "seconds": seconds}
-            (self.path / DONE).write_text(json.dumps(record) + "\n")
-        return False
-
-
-def stage_seconds(path: Path) -> float | None:
-    done = Path(path) / DONE
-    return json.loads(done.read_text())["seconds"] if done.exists() else None
-
-
-def _call(argv: list[str], what: str) -> None:
-    """Run a ``muse-quant`` command in this process; a failure stops the demo with its message."""
-    from ..cli import main
-
-    code = main(argv)
-    if code:
-        raise MuseQuantError(f"{what} failed (muse-quant {argv[0]} exited with {code})",
-                             "see the error printed above; fix it and run the demo again "
-                             "(finished stages are kept)")
-
-
-def _offline() -> None:
-    """The demo never uses the hub (GPTQ/AWQ calibrate on the embedded generic split)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def model_names(config: DemoConfig) -> list[str]:
-    return ["target", "retrain", *config.methods]
 
 
 class DemoRun:
@@ -147,7 +72,7 @@ class DemoRun:
                         *self.config.unlearn.arguments(method, lr, precision)]
                 if not self.progress:
                     argv.append("--no_progress")
-                _call(argv, f"unlearning {method}")
+                run_command(argv, f"unlearning {method}")
         return folder / "run"
 
     def sweep(self, corpus: str, name: str, target: Path, unlearned: Path | None,
@@ -176,7 +101,7 @@ class DemoRun:
         return folder / "results"
 
     def diagnose(self, corpus: str, method: str, target: Path, unlearned: Path,
-                 schemes=("bnb-fp4", "rtn:4:g64"), folder: Path | None = None,
+                 schemes=DEMO_DIAGNOSE_SCHEMES, folder: Path | None = None,
                  dtype: str = "auto") -> dict:
         from ..evaluation.diagnostics import run_diagnose
 
@@ -188,13 +113,11 @@ class DemoRun:
         return json.loads((folder / "report" / "diagnose.json").read_text())
 
     def leaderboard(self) -> Path:
-        from .summary import add_entries
-
         root = self.out / "leaderboard"
         (root / "submissions").mkdir(parents=True, exist_ok=True)
         for corpus in self.corpora:
             add_entries(self, corpus, root)
-        _call(["leaderboard", "build", "--root", str(root)], "building the leaderboard")
+        run_command(["leaderboard", "build", "--root", str(root)], "building the leaderboard")
         return root
 
     # ---------------------------------------------------------------- all of it
@@ -239,7 +162,7 @@ class DemoRun:
         bar.close()
 
     def run(self) -> dict:
-        _offline()
+        offline()
         start = time.perf_counter()
         self.data()
         for corpus in self.corpora:
@@ -249,8 +172,6 @@ class DemoRun:
         self.run_cells("sweep", [(c, n) for c in self.corpora for n in model_names(self.config)])
         self.run_cells("diagnose", methods)
         root = self.leaderboard()
-        from .summary import write_summary
-
         return write_summary(self, root, time.perf_counter() - start)
 
     def checkpoint(self, corpus: str, method: str) -> Path:
@@ -270,7 +191,7 @@ def _worker_init(config: DemoConfig, out: str, corpora: tuple[str, ...]) -> None
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    _offline()
+    offline()
     _WORKER = DemoRun(config, out, corpora, progress=False, log=lambda *a: None)
 
 

@@ -11,11 +11,11 @@ unlearn the target, evaluate VerbMem_f at full precision and at 4-bit (``bnb-fp4
 
 and it shows **recovery** when the unlearning forgot something at full precision
 (``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back
-(``retained_4bit - retained_full >= 10``; :data:`harness_ext.demo.summary.RECOVERY_POINTS`).
-Without the first condition a barely-unlearned model whose 4-bit score drifts above the
-target's (VerbMem_f of the target itself moves by a few points between schemes) would count. For ``bf16`` the target is first rounded to
-bf16 and stored so (MUSE's models are 16-bit), unlearned in pure bf16, and both are evaluated with
-fp32 arithmetic on their (exactly representable) bf16 weights, so only the weights differ.
+(``retained_4bit - retained_full >= 10``). Retained knowledge, the rule and its threshold are
+defined once, in :mod:`harness_ext.leaderboard.scores` (``retained``, ``recovered``,
+``RECOVERY_POINTS``). For ``bf16`` the target is first rounded to bf16 and stored so (MUSE's
+models are 16-bit), unlearned in pure bf16, and both are evaluated with fp32 arithmetic on their
+(exactly representable) bf16 weights, so only the weights differ.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .summary import RECOVERY_POINTS
+from ..leaderboard.scores import RECOVERY_POINTS, recovered, retained
+from ..recipes import FULL_PRECISION as FULL, PAPER_4BIT as FOUR, RECOVERY_MAP_SCHEMES
 
-SCHEMES = ("none", "bnb-fp4")
+SCHEMES = RECOVERY_MAP_SCHEMES
 POINT_FILE = "point.json"
 
 
@@ -78,16 +79,15 @@ def run_recovery_map(demo, corpus: str, precisions=("fp32",), lrs=None) -> dict:
         results = demo.sweep(corpus, cell.name, unlearned, None, schemes=SCHEMES,
                              tasks=f"muse_{corpus}_verbmem_f", folder=cell / "sweep")
         verbmem = _verbmem(results, corpus)
-        report = demo.diagnose(corpus, method, base, unlearned, schemes=("bnb-fp4",),
+        report = demo.diagnose(corpus, method, base, unlearned, schemes=(FOUR,),
                                folder=cell / "diagnose",
                                dtype="bfloat16" if precision == "bf16" else "auto")
-        overall = report["schemes"]["bnb-fp4"]["overall"]
-        retained = {s: None if not reference[s] else 100 * verbmem[s] / reference[s]
-                    for s in SCHEMES}
+        overall = report["schemes"][FOUR]["overall"]
+        kept = {s: retained(verbmem[s], reference[s]) for s in SCHEMES}
         point = {
             "method": method, "precision": precision, "lr": lr,
             "verbmem_f": verbmem, "target_verbmem_f": reference,
-            "retained_full": retained["none"], "retained_4bit": retained["bnb-fp4"],
+            "retained_full": kept[FULL], "retained_4bit": kept[FOUR],
             "survival_ratio": overall["survival_ratio"],
             "sub_half_step_share": overall["sub_half_step_share"],
             "unchanged_fraction": overall["unchanged_fraction"],
@@ -111,9 +111,9 @@ def run_recovery_map(demo, corpus: str, precisions=("fp32",), lrs=None) -> dict:
 
 
 def is_recovery(point: dict) -> bool:
-    full, four = point["retained_full"], point["retained_4bit"]
-    return (full is not None and four is not None and full <= 100 - RECOVERY_POINTS
-            and four - full >= RECOVERY_POINTS)
+    """The recovery rule of :mod:`harness_ext.leaderboard.scores` on one point (False when a
+    number is missing)."""
+    return bool(recovered(point["retained_full"], point["retained_4bit"]))
 
 
 def format_map(report: dict) -> str:
@@ -121,7 +121,7 @@ def format_map(report: dict) -> str:
         return "-" if x is None else f"{x:.{d}f}"
 
     lines = [f"recovery map, {report['corpus']}: retained knowledge % (VerbMem_f vs target), "
-             "full precision vs 4-bit (bnb-fp4)",
+             f"full precision vs 4-bit ({FOUR})",
              f"{'method':<10}{'precision':>10}{'lr':>9}{'full':>8}{'4-bit':>8}{'4bit-full':>11}"
              f"{'survival':>10}{'<Δ/2 share':>12}{'unchanged':>11}"]
     for p in report["points"]:
@@ -188,13 +188,13 @@ def plot_map(report: dict, path: Path) -> Path:
         left.plot([0, lim], [RECOVERY_POINTS, lim + RECOVERY_POINTS], color="grey", ls="--",
                   lw=0.8, label=f"recovery (+{RECOVERY_POINTS:g} points)")
         left.set(xlim=(0, lim), ylim=(0, lim), xlabel="retained knowledge %, full precision",
-                 ylabel="retained knowledge %, 4-bit (bnb-fp4)",
+                 ylabel=f"retained knowledge %, 4-bit ({FOUR})",
                  title="labels: unlearning learning rate")
         left.legend(fontsize=7)
         right.axhline(RECOVERY_POINTS, color="grey", ls="--", lw=0.8)
         right.axhline(0, color="grey", ls=":", lw=0.8)
         right.set(xscale="log",
-                  xlabel="survival ratio ||Q(θu)−Q(θo)|| / ||θu−θo|| (bnb-fp4)",
+                  xlabel=f"survival ratio ||Q(θu)−Q(θo)|| / ||θu−θo|| ({FOUR})",
                   ylabel="4-bit minus full (points)", title="does the update survive?")
         fig.suptitle(f"recovery map, {report['corpus']} toy")
         buffer = io.BytesIO()

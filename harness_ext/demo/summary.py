@@ -2,7 +2,9 @@
 
 Retained knowledge (Zhang et al. 2025, the "21% -> 83%" measure; :mod:`leaderboard.scores`):
 ``100 * VerbMem_f(unlearned, Q) / VerbMem_f(target, Q)`` at the same precision Q, averaged over
-the utility-constrained baselines (GA/NPO with GDR or KLR).
+the utility-constrained baselines (GA/NPO with GDR or KLR). The rules (retained knowledge, which
+entries are baselines, recovery) are :mod:`harness_ext.leaderboard.scores`; this module only reports
+them.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import io
 import json
 from pathlib import Path
 
-from .pipeline import _call, model_names
-
-#: the toy "reproduces recovery" when 4-bit retained knowledge exceeds full precision by this much
-RECOVERY_POINTS = 10.0
+from ..leaderboard.scores import RECOVERY_POINTS
+from ..recipes import FULL_PRECISION as FULL, PAPER_4BIT as FOUR
+from .stages import model_names, run_command
 
 
 def slug(corpus: str, name: str) -> str:
@@ -50,7 +51,7 @@ def add_entries(demo, corpus: str, root: Path) -> None:
                 "--description", f"muse-quant demo ({demo.config.name} configuration)"]
         if kind != "target":
             argv += ["--target", slug(corpus, "target")]
-        _call(argv, f"adding {name} to the demo leaderboard")
+        run_command(argv, f"adding {name} to the demo leaderboard")
 
 
 def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict) -> dict:
@@ -81,11 +82,8 @@ def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict)
                                "knowmem_r": e.value(s, "knowmem_r")} for s in schemes}
                   for e in group.references}
     average = {s: group.average_retained(s) for s in schemes}
-    full, four = average.get("none"), average.get("bnb-fp4")
-    # recovery of forgotten text: something was forgotten at full precision and 4-bit brings
-    # at least RECOVERY_POINTS of it back (same rule as the recovery map)
-    recovered = None if full is None or four is None else \
-        full <= 100 - RECOVERY_POINTS and four - full >= RECOVERY_POINTS
+    # recovery of forgotten text, on the baselines' average (the rule of the recovery map)
+    recovered = scores.recovered(average.get(FULL), average.get(FOUR))
     return {"corpus": corpus, "schemes": schemes, "rows": rows, "references": references,
             "baseline_average": average, "paper_average": list(scores.PAPER_AVERAGE),
             "recovery": recovered}
@@ -107,16 +105,16 @@ def format_summary(s: dict) -> str:
         if ref:
             lines.append(f"{kind + ' VerbMem':<14}" + "".join(
                 f"{_fmt(ref[x]['verbmem_f'], 11)}" for x in schemes)
-                + _fmt(ref["none"]["knowmem_r"], 11))
+                + _fmt(ref[FULL]["knowmem_r"], 11))
     for row in s["rows"]:
         lines.append(f"{row['method']:<14}" + "".join(
-            _fmt(row["retained"][x], 11) for x in schemes) + _fmt(row["knowmem_r"]["none"], 11)
-            + _fmt(row["survival_ratio"].get("bnb-fp4"), 10, 2))
+            _fmt(row["retained"][x], 11) for x in schemes) + _fmt(row["knowmem_r"][FULL], 11)
+            + _fmt(row["survival_ratio"].get(FOUR), 10, 2))
     avg = s["baseline_average"]
     lines.append(f"{'GDR/KLR avg':<14}" + "".join(_fmt(avg[x], 11) for x in schemes))
     paper = s["paper_average"]
-    lines += ["", f"GDR/KLR baselines, retained knowledge full -> 4-bit (bnb-fp4): "
-              f"{_fmt(avg.get('none'), 0)}% -> {_fmt(avg.get('bnb-fp4'), 0)}% "
+    lines += ["", f"GDR/KLR baselines, retained knowledge full -> 4-bit ({FOUR}): "
+              f"{_fmt(avg.get(FULL), 0)}% -> {_fmt(avg.get(FOUR), 0)}% "
               f"(paper, Llama-2-7B: {paper[0]}% -> {paper[1]}%)"]
     if s["recovery"] is None:
         lines.append("recovery: not measured (a scheme is missing)")
@@ -127,22 +125,22 @@ def format_summary(s: dict) -> str:
         lines.append("recovery: NO, this toy does not reproduce the paper's recovery: 4-bit "
                      f"quantization brings back < {RECOVERY_POINTS:g} points on average "
                      "(see `muse-quant demo --recovery-map` for the explored boundary)")
-    lines.append("survival = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| at bnb-fp4 "
+    lines.append(f"survival = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| at {FOUR} "
                  "(muse-quant diagnose; 0 = quantization erases the whole update)")
     return "\n".join(lines)
 
 
 def plot_retained(s: dict, path: Path) -> Path:
-    """Bars: retained knowledge at full precision vs 4-bit (bnb-fp4) per method (SVG)."""
+    """Bars: retained knowledge at full precision vs the paper's 4-bit per method (SVG)."""
     import matplotlib
     from matplotlib.figure import Figure
 
     rows = s["rows"]
     labels = [r["method"] for r in rows] + ["GDR/KLR avg", "paper avg"]
-    full = [r["retained"]["none"] for r in rows] + [s["baseline_average"]["none"],
-                                                    s["paper_average"][0]]
-    four = [r["retained"]["bnb-fp4"] for r in rows] + [s["baseline_average"]["bnb-fp4"],
-                                                       s["paper_average"][1]]
+    full = [r["retained"][FULL] for r in rows] + [s["baseline_average"][FULL],
+                                                  s["paper_average"][0]]
+    four = [r["retained"][FOUR] for r in rows] + [s["baseline_average"][FOUR],
+                                                  s["paper_average"][1]]
     with matplotlib.rc_context({"svg.hashsalt": "muse-quant-demo", "svg.fonttype": "none",
                                 "font.size": 9}):
         fig = Figure(figsize=(8, 3.8), layout="constrained")
@@ -150,7 +148,7 @@ def plot_retained(s: dict, path: Path) -> Path:
         x = list(range(len(labels)))
         ax.bar([i - 0.2 for i in x], [v or 0 for v in full], 0.4, label="full precision",
                color="#1f77b4")
-        ax.bar([i + 0.2 for i in x], [v or 0 for v in four], 0.4, label="4-bit (bnb-fp4)",
+        ax.bar([i + 0.2 for i in x], [v or 0 for v in four], 0.4, label=f"4-bit ({FOUR})",
                color="#d62728")
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_ylabel("retained knowledge % (VerbMem_f vs target)")

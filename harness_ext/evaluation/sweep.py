@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MuseQuantError
-from ..io import (acquire_lock, file_lock, load_results, lock_is_held, recorded_scheme,
+from ..io import (acquire_lock, file_lock, load_results, lock_is_held, parse_kv, recorded_scheme,
                   release_lock, scheme_filename, write_json)
 from . import provenance
 from . import samples as samples_file
@@ -95,21 +95,11 @@ def parse_scheme_list(text) -> list[str]:
 
 
 def parse_model_args(text) -> dict:
-    """lm-eval's ``k=v,k=v`` (values typed as lm-eval does); refuses ``quant=``."""
-    from lm_eval.utils import handle_arg_string
-
-    if isinstance(text, dict):
-        args = dict(text)
-    else:
-        args = {}
-        for fragment in [f for f in str(text or "").split(",") if f.strip()]:
-            if "=" not in fragment:
-                raise MuseQuantError(
-                    f"--model_args fragment {fragment!r} is not key=value",
+    """lm-eval's ``k=v,k=v`` (:func:`harness_ext.io.parse_kv`); refuses ``quant=`` and needs
+    ``pretrained=``."""
+    args = parse_kv(text, "--model_args",
                     "model_args are comma-separated key=value pairs; pass the quantization "
                     "schemes with --quant a,b,c, not inside --model_args")
-            key, value = fragment.split("=", 1)
-            args[key.strip()] = handle_arg_string(value)
     reserved = [k for k in RESERVED_MODEL_ARGS if k in args]
     if reserved:
         raise MuseQuantError(f"--model_args sets {', '.join(reserved)}, which the sweep sets "

@@ -18,10 +18,10 @@ import yaml
 
 from ..errors import MuseQuantError
 from ..io import recorded_scheme, scheme_from_filename
+from ..recipes import CORPORA, REQUIRED_SCHEMES
 
-from .validator import (CORPORA, ENTRY_FILE, KINDS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR,
-                        data_source_kind, load_board, load_entry, schema_problems,
-                        target_problems)
+from .entry import ENTRY_FILE, KINDS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, data_source_kind
+from .validator import load_board, load_entry, schema_problems, target_problems
 
 CHUNK = 1 << 20
 
@@ -80,7 +80,7 @@ def find_results(results_dir: str | Path) -> dict[str, Path]:
             found[scheme] = path
     if not found:
         raise MuseQuantError(f"no <scheme>.json results files in {results_dir}",
-                             "run `muse-quant sweep --quant none,bnb-int8,bnb-fp4,... "
+                             f"run `muse-quant sweep --quant {','.join(REQUIRED_SCHEMES)},... "
                              f"--output_path {results_dir}` first")
     return found
 

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MuseQuantError
+from ..io import parse_kv
 
 from . import builder
-from .validator import Board, Entry, corpus_group, load_board
+from .entry import Board, Entry, corpus_group
+from .validator import load_board
 
 MAX_DIFF_LINES = 200
 MAX_SVG_DIFF_LINES = 40
@@ -166,7 +168,7 @@ def _model_args(entry: Entry, pretrained: str, unlearned: str | None) -> str:
     first = entry.results[sorted(entry.results)[0]]
     recorded = (first.get("config") or {}).get("model_args") or {}
     if isinstance(recorded, str):
-        recorded = dict(kv.split("=", 1) for kv in recorded.split(",") if "=" in kv)
+        recorded = parse_kv(recorded, "the recorded model_args")
     args = {"pretrained": pretrained}
     if unlearned:
         args["unlearned"] = unlearned

@@ -14,7 +14,9 @@ An entry is ``entry.yaml`` (checked against ``entry.schema.json`` (beside this m
 * across the board: slugs are unique (they name an entry in ``check --reproduce``), and every
   method / retrain entry names a target entry of the same corpus, scale, data and limit.
 
-Nothing in a submission is imported or executed.
+Nothing in a submission is imported or executed: files are read by :mod:`.loading` (size caps,
+plain-data YAML, JSON); task versions come from :mod:`.tasks`; :class:`Entry` and :class:`Board`
+are in :mod:`.entry`.
 """
 
 from __future__ import annotations
@@ -22,242 +24,23 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import MuseQuantError
-from ..recipes import REQUIRED_SCHEMES
 from ..io import recorded_scheme, scheme_filename, scheme_from_filename
+from ..recipes import CORPORA, PAPER_SCHEMES, REQUIRED_SCHEMES
 
 from . import SCHEMA_PATH
+from .entry import (ENTRY_FILE, METRICS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, Board, Entry,
+                    corpus_group, corpus_tasks, data_source_kind)
+from .loading import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTES, MAX_RESULTS_FILES, load_plain_yaml,
+                      read_json, read_plain_yaml)
+from .tasks import current_tasks, same_version
 
-CORPORA = ("news", "books")
-KINDS = ("method", "target", "retrain")
-ENTRY_FILE = "entry.yaml"
-RESULTS_DIR = "results"
-SUBMISSIONS_DIR = "submissions"
-MAX_ENTRY_BYTES = 256 * 1024
-MAX_RESULTS_BYTES = 2 * 1024 * 1024
-MAX_RESULTS_FILES = 16
-SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
-# Schemes every entry must have: the board's full / 8-bit / 4-bit columns.
-# board column -> (task suffix, lm-eval metric key); the MUSE metrics the board shows
-METRICS = {
-    "verbmem_f": ("verbmem_f", "verbmem_rougeL_f1"),
-    "knowmem_f": ("knowmem_f", "knowmem_rougeL_f1"),
-    "privleak": ("privleak", "privleak"),
-    "knowmem_r": ("knowmem_r", "knowmem_rougeL_f1"),
-}
-
-
-def corpus_tasks(corpus: str) -> list[str]:
-    return [f"muse_{corpus}_{suffix}" for suffix, _ in METRICS.values()]
-
-
-def corpus_group(corpus: str) -> str:
-    return f"muse_{corpus}_quant"
-
-
-def data_source_kind(muse_data) -> str:
-    """``hub`` (absent or "hub"), ``embedded``, or ``local`` (a directory in MUSE's layout)."""
-    if muse_data in (None, "", "hub"):
-        return "hub"
-    return "embedded" if muse_data == "embedded" else "local"
-
-
-# ---------------------------------------------------------------- plain-data YAML
-class _DataLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without implicit timestamps (dates stay strings) and without aliases."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"alias *{event.anchor} is not allowed (write the value out)",
-                event.start_mark)
-        return super().compose_node(parent, index)
-
-
-_DataLoader.yaml_implicit_resolvers = {
-    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map",
-                                                   "seq")}
-
-
-def _check_nodes(node, where: str) -> None:
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if node.tag not in _PLAIN_TAGS:
-            raise MuseQuantError(
-                f"{where}, line {node.start_mark.line + 1}: the YAML tag {node.tag!r} is not "
-                f"allowed; entries are plain data and tags that construct objects are refused",
-                "remove the tag and write the value as a plain string, number, list or mapping")
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key, value in node.value:
-                if key.tag != "tag:yaml.org,2002:str" or not isinstance(key, yaml.ScalarNode):
-                    _check_nodes(key, where)
-                    raise MuseQuantError(f"{where}, line {key.start_mark.line + 1}: mapping keys "
-                                         f"must be strings", "quote the key")
-                if key.value in seen:
-                    raise MuseQuantError(f"{where}, line {key.start_mark.line + 1}: duplicate key "
-                                         f"{key.value!r}", "keep one of them")
-                seen.add(key.value)
-                stack.append(value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def load_plain_yaml(text: str, where: str):
-    """Parse YAML as plain data: only str/int/float/bool/null/map/seq; no tags, aliases,
-    duplicate keys or non-string keys. Raises :class:`MuseQuantError` naming the problem."""
-    loader = _DataLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_nodes(node, where)
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
-        context = f"{exc.context}, " if exc.context else ""
-        raise MuseQuantError(f"{where}{line}: not valid plain YAML: {context}{exc.problem}",
-                             "write entry.yaml as plain mappings, lists, strings and numbers") \
-            from None
-    except yaml.YAMLError as exc:
-        raise MuseQuantError(f"{where}: not valid plain YAML ({exc})".replace("\n", " "),
-                             "write entry.yaml as plain mappings, lists, strings and numbers") \
-            from None
-    finally:
-        loader.dispose()
-
-
-# ---------------------------------------------------------------- current tasks
-class _TaskYamlLoader(yaml.SafeLoader):
-    """Reads the project's own task YAMLs (``!function`` kept as a string)."""
-
-
-_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-
-
-def _read_task_yaml(path: Path) -> dict:
-    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskYamlLoader) or {}
-    include = data.pop("include", None)
-    if include:
-        base = _read_task_yaml((path.parent / include).resolve())
-        base.update(data)
-        data = base
-    return data
-
-
-@functools.lru_cache(maxsize=None)
-def _current_tasks_cached(tasks_dir: str) -> dict:
-    versions = {}
-    for path in sorted(Path(tasks_dir).rglob("*.yaml")):
-        config = _read_task_yaml(path)
-        name = config.get("task") if isinstance(config.get("task"), str) else config.get("group")
-        if isinstance(name, str):
-            versions[name] = (config.get("metadata") or {}).get("version")
-    return versions
-
-
-def current_tasks(tasks_dir: str | None = None) -> dict[str, object]:
-    """``{task or group name: metadata.version}`` from the task YAMLs (``include:`` resolved)."""
-    if tasks_dir is None:
-        from ..plugin import tasks_dir as _tasks_dir
-
-        tasks_dir = _tasks_dir()
-    return dict(_current_tasks_cached(str(tasks_dir)))
-
-
-def _same_version(a, b) -> bool:
-    def norm(v):
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return str(v)
-
-    return norm(a) == norm(b)
-
-
-# ---------------------------------------------------------------- entries
-@dataclass
-class Entry:
-    """One valid entry: its ``entry.yaml`` data and its results files, by scheme."""
-
-    corpus: str
-    slug: str
-    path: Path
-    meta: dict
-    results: dict[str, dict]  # scheme -> lm-eval results JSON
-    files: dict[str, str] = field(default_factory=dict)  # scheme -> file name
-
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
-    @property
-    def name(self) -> str:
-        return self.meta["method"]
-
-    @property
-    def target(self) -> str | None:
-        return self.meta.get("target")
-
-    @property
-    def reproducible(self) -> str:
-        return self.meta["reproducible"]
-
-    @property
-    def muse_data(self) -> str:
-        return self.meta["muse_data"]
-
-    @property
-    def limit(self):
-        first = next(iter(self.results.values()), {})
-        return (first.get("config") or {}).get("limit")
-
-    @property
-    def run_card(self) -> dict | None:
-        return self.meta.get("run_card")
-
-    def hyperparameters(self) -> dict:
-        if self.run_card and isinstance(self.run_card.get("hyperparameters"), dict):
-            return self.run_card["hyperparameters"]
-        return self.meta.get("hyperparameters") or {}
-
-    def value(self, scheme: str, column: str) -> float | None:
-        """The board metric ``column`` (``verbmem_f``, ...) at ``scheme``, or None."""
-        data = self.results.get(scheme)
-        if data is None:
-            return None
-        suffix, key = METRICS[column]
-        return data["results"][f"muse_{self.corpus}_{suffix}"][f"{key},none"]
-
-
-@dataclass
-class Board:
-    root: Path
-    entries: list[Entry]
-    problems: list[str]
-
-    def corpus_entries(self, corpus: str) -> list[Entry]:
-        return [e for e in self.entries if e.corpus == corpus]
-
-    def find(self, slug: str) -> Entry:
-        corpus, _, name = slug.rpartition("/")
-        found = [e for e in self.entries if e.slug == name and corpus in ("", e.corpus)]
-        if not found:
-            raise MuseQuantError(f"no valid leaderboard entry {slug!r} under {self.root}",
-                                 "use the name of a folder in submissions/<corpus>/ "
-                                 "(see `muse-quant leaderboard check`)")
-        return found[0]
+# also importable from here: the records and loaders the rules use
+__all__ = ["Board", "Entry", "MAX_ENTRY_BYTES", "MAX_RESULTS_BYTES", "check_results",
+           "current_tasks", "load_board", "load_entry", "load_plain_yaml", "schema_problems",
+           "target_problems"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -329,7 +112,7 @@ def check_results(data, name: str, corpus: str, muse_data: str | None, tasks: di
                             f"{', '.join(wanted)} (group {group})")
         elif task not in wanted and task != group:
             problems.append(f"{where}: task {task!r} does not belong to the {corpus} corpus")
-        elif task in versions and not _same_version(versions[task], tasks[task]):
+        elif task in versions and not same_version(versions[task], tasks[task]):
             problems.append(f"{where}: {task} was evaluated at version {versions[task]}, the "
                             f"current version is {tasks[task]}; re-run `muse-quant sweep`")
     for task in wanted:
@@ -386,17 +169,10 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
     meta = None
     if not entry_path.is_file() or entry_path.is_symlink():
         problems.append(f"{where}: {ENTRY_FILE} is missing")
-    elif entry_path.stat().st_size > MAX_ENTRY_BYTES:
-        problems.append(f"{where}/{ENTRY_FILE}: {entry_path.stat().st_size} bytes, over the "
-                        f"{MAX_ENTRY_BYTES} byte cap")
     else:
-        try:
-            meta = load_plain_yaml(entry_path.read_text(encoding="utf-8"), f"{where}/{ENTRY_FILE}")
-        except UnicodeDecodeError:
-            problems.append(f"{where}/{ENTRY_FILE}: not UTF-8 text")
-        except MuseQuantError as exc:
-            problems.append(exc.problem)
-        else:
+        meta, read_problems = read_plain_yaml(entry_path, f"{where}/{ENTRY_FILE}")
+        problems += read_problems
+        if not read_problems:
             schema_errors = schema_problems(meta, f"{where}/{ENTRY_FILE}")
             problems += schema_errors
             if schema_errors:
@@ -431,14 +207,9 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
         if not item.name.endswith(".json"):
             problems.append(f"{rel}: unexpected file; results are named <scheme>.json")
             continue
-        if item.stat().st_size > MAX_RESULTS_BYTES:
-            problems.append(f"{rel}: {item.stat().st_size} bytes, over the {MAX_RESULTS_BYTES} "
-                            f"byte cap")
-            continue
-        try:
-            data = json.loads(item.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            problems.append(f"{rel}: not valid JSON ({type(exc).__name__})")
+        data, read_problems = read_json(item, rel)
+        if read_problems:
+            problems += read_problems
             continue
         file_problems = check_results(data, item.name, corpus,
                                       meta["muse_data"] if meta else None, tasks, rel)
@@ -451,7 +222,7 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
         if results_dir.is_dir() and not (results_dir / scheme_filename(scheme)).exists():
             problems.append(f"{where}: {RESULTS_DIR}/{scheme_filename(scheme)} is missing; every "
                             f"entry has {', '.join(REQUIRED_SCHEMES)} (muse-quant sweep --quant "
-                            f"none,bnb-int8,bnb-fp4,gptq:4,awq:4)")
+                            f"{','.join(PAPER_SCHEMES)})")
     if results:
         identities = {s: _model_identity(d) for s, d in results.items()}
         if len(set(identities.values())) > 1:

@@ -1,0 +1,118 @@
+"""Reading submitted files as plain data: size caps, a YAML loader that refuses tags, aliases and
+duplicate keys, and JSON through ``json``. Nothing in a submission is imported or executed.
+
+The readers return ``(data, problems)``: a file that is too large, not UTF-8 or not valid is a
+problem of the entry (one readable line), never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import MuseQuantError
+
+MAX_ENTRY_BYTES = 256 * 1024
+MAX_RESULTS_BYTES = 2 * 1024 * 1024
+MAX_RESULTS_FILES = 16
+
+
+class _DataLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without implicit timestamps (dates stay strings) and without aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed (write the value out)",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+_DataLoader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map",
+                                                   "seq")}
+
+
+def _check_nodes(node, where: str) -> None:
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node.tag not in _PLAIN_TAGS:
+            raise MuseQuantError(
+                f"{where}, line {node.start_mark.line + 1}: the YAML tag {node.tag!r} is not "
+                f"allowed; entries are plain data and tags that construct objects are refused",
+                "remove the tag and write the value as a plain string, number, list or mapping")
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                if key.tag != "tag:yaml.org,2002:str" or not isinstance(key, yaml.ScalarNode):
+                    _check_nodes(key, where)
+                    raise MuseQuantError(f"{where}, line {key.start_mark.line + 1}: mapping keys "
+                                         f"must be strings", "quote the key")
+                if key.value in seen:
+                    raise MuseQuantError(f"{where}, line {key.start_mark.line + 1}: duplicate key "
+                                         f"{key.value!r}", "keep one of them")
+                seen.add(key.value)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def load_plain_yaml(text: str, where: str):
+    """Parse YAML as plain data: only str/int/float/bool/null/map/seq; no tags, aliases,
+    duplicate keys or non-string keys. Raises :class:`MuseQuantError` naming the problem."""
+    loader = _DataLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, where)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        context = f"{exc.context}, " if exc.context else ""
+        raise MuseQuantError(f"{where}{line}: not valid plain YAML: {context}{exc.problem}",
+                             "write entry.yaml as plain mappings, lists, strings and numbers") \
+            from None
+    except yaml.YAMLError as exc:
+        raise MuseQuantError(f"{where}: not valid plain YAML ({exc})".replace("\n", " "),
+                             "write entry.yaml as plain mappings, lists, strings and numbers") \
+            from None
+    finally:
+        loader.dispose()
+
+
+def _too_large(path: Path, cap: int, where: str) -> list[str]:
+    size = path.stat().st_size
+    return [f"{where}: {size} bytes, over the {cap} byte cap"] if size > cap else []
+
+
+def read_plain_yaml(path: Path, where: str) -> tuple[object, list[str]]:
+    """``(data, [])`` of a YAML file of at most :data:`MAX_ENTRY_BYTES`, or ``(None, problems)``."""
+    too_large = _too_large(path, MAX_ENTRY_BYTES, where)
+    if too_large:
+        return None, too_large
+    try:
+        return load_plain_yaml(path.read_text(encoding="utf-8"), where), []
+    except UnicodeDecodeError:
+        return None, [f"{where}: not UTF-8 text"]
+    except MuseQuantError as exc:
+        return None, [exc.problem]
+
+
+def read_json(path: Path, where: str) -> tuple[object, list[str]]:
+    """``(data, [])`` of a JSON file of at most :data:`MAX_RESULTS_BYTES`, or ``(None,
+    problems)``."""
+    too_large = _too_large(path, MAX_RESULTS_BYTES, where)
+    if too_large:
+        return None, too_large
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), []
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return None, [f"{where}: not valid JSON ({type(exc).__name__})"]
