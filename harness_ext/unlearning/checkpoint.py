@@ -111,8 +111,19 @@ def save_resume(out: Path, model, optimizer, forget_gen, retain_sampler, sure_ma
 
 def load_resume_state(out: Path, config: dict) -> dict:
     """The saved ``state.json``; refuses a run started with other training settings."""
-    state = json.loads((out / RESUME_DIR / "state.json").read_text())
-    saved = state["config"]
+    path = out / RESUME_DIR / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        saved = state["config"]
+        if not isinstance(saved, dict) or not all(
+                isinstance(state[k], int) for k in ("step", "epoch")):
+            raise TypeError("unexpected structure")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise MuseQuantError(
+            f"--resume: the resume state {path} is damaged ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the run in {out} cannot be continued",
+            "start the run over with --overwrite instead of --resume (the same arguments)"
+        ) from None
     changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if changed:
         raise MuseQuantError(

@@ -126,6 +126,9 @@ class UnlearningRun:
         cfg, method = self.cfg, self.method
         self._session_start = time.perf_counter()
         ckpt.check_out(self.out, cfg.resume, cfg.overwrite)
+        # read (and check) the resume state before loading anything
+        resume_state = ckpt.load_resume_state(self.out, cfg.training_fields()) \
+            if cfg.resume else None
         forget_set = load_forget(cfg)
         retain_set = load_retain(cfg, method.needs_retain, cfg.method)
         try:
@@ -159,9 +162,6 @@ class UnlearningRun:
         if method.needs_reference and not self.lora:
             ref_model = self._load_model(self.train_dtype).eval().requires_grad_(False)
         model.train()
-
-        resume_state = ckpt.load_resume_state(self.out, cfg.training_fields()) \
-            if cfg.resume else None
 
         if method.sure:
             self.sure_mask = self._sure_mask(model, ref_model, forget, resume_state)
