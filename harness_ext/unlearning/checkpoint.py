@@ -209,6 +209,17 @@ def versions() -> dict:
     return out
 
 
+def regularizer_options(run) -> dict:
+    """The retain regularizer's own settings (``klr_reduction`` of a ``_klr`` method) where they
+    differ from the default; run cards of default settings stay as they were before the option."""
+    from dataclasses import fields
+
+    reg = run.method.regularizer
+    defaults = {f.name: f.default for f in fields(UnlearnConfig)}
+    return {k: getattr(run.cfg, k) for k in (reg.options if reg is not None else ())
+            if getattr(run.cfg, k) != defaults[k]}
+
+
 def command(run) -> list[str]:
     """The argv that re-runs ``run`` (an :class:`~.loop.UnlearningRun`; every setting explicit,
     defaults resolved)."""
@@ -216,7 +227,8 @@ def command(run) -> list[str]:
 
     cfg = replace(run.cfg, muse_data=resolve_source(run.cfg.muse_data), lr=run.lr,
                   epochs=run.epochs, precision=run.precision)
-    keys = COMMAND_KEYS + (SURE_COMMAND_KEYS if run.method.sure else ())
+    keys = COMMAND_KEYS + (SURE_COMMAND_KEYS if run.method.sure else ()) + \
+        tuple(regularizer_options(run))
     return ["muse-quant", "unlearn", *cfg.to_argv(keys)]
 
 
@@ -234,7 +246,7 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
              "packing": cfg.packing, "steps": run.state.step,
              "steps_per_epoch": run.steps_per_epoch,
              "checkpoint_dtype": str(save_dtype).replace("torch.", ""),
-             "device": run.device.type}
+             "device": run.device.type, **regularizer_options(run)}
     return {
         "method": cfg.method,
         "base_method": base,

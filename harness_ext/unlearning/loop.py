@@ -78,7 +78,8 @@ class UnlearningRun:
         self.out = Path(cfg.out).expanduser()
         if cfg.plugin:
             load_plugin(cfg.plugin)
-        self.method = make_method(cfg.method, alpha=cfg.alpha, beta=cfg.beta)
+        self.method = make_method(cfg.method, alpha=cfg.alpha, beta=cfg.beta,
+                                  klr_reduction=cfg.klr_reduction)
         self.lora = parse_lora(cfg.lora)
         self.threshold = parse_threshold(cfg.sure_threshold) if self.method.sure else None
         if self.method.sure and cfg.sure_granularity not in GRANULARITIES:
