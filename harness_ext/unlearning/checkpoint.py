@@ -168,8 +168,14 @@ def restore(out: Path, state: dict, model, optimizer, forget_gen, retain_sampler
 # Outputs
 # --------------------------------------------------------------------------------------
 
-def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, sure_mask) -> str:
-    """Write ``model/`` (``--save full``) or ``delta.safetensors``; returns its name."""
+def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, sure_mask,
+                 target_rounded_to=None) -> str:
+    """Write ``model/`` (``--save full``) or ``delta.safetensors``; returns its name.
+
+    ``target_rounded_to`` (bf16 training from a target stored in a wider dtype): the delta is
+    theta_u - round(theta_o), so tensors the run did not change are absent from it (no rounding
+    noise), and its metadata tells :func:`harness_ext.checkpoints.apply_unlearned` to round the
+    base the same way. A full model holds the trained (bf16) weights in the stored dtype."""
     from .. import checkpoints
 
     out.mkdir(parents=True, exist_ok=True)
@@ -186,11 +192,13 @@ def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, su
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=save_dtype)
+    if target_rounded_to is not None:
+        checkpoints.round_parameters(original, target_rounded_to)
     delta, patched = checkpoints.weight_delta(model, original)
     log.info("delta: %d tensors changed; %d elements near zero stored exactly",
              sum(1 for k in delta if k in dict(original.named_parameters())), patched)
     del original
-    checkpoints.save_delta(delta, out / name)
+    checkpoints.save_delta(delta, out / name, base_rounded_to=target_rounded_to)
     return name
 
 
@@ -247,7 +255,7 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
              "steps_per_epoch": run.steps_per_epoch,
              "checkpoint_dtype": str(save_dtype).replace("torch.", ""),
              "device": run.device.type, **regularizer_options(run)}
-    return {
+    card = {
         "method": cfg.method,
         "base_method": base,
         "sure": run.sure_mask.run_card() if run.sure_mask is not None else None,
@@ -267,3 +275,6 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
         "checkpoint": checkpoint,
         "command": command(run),
     }
+    if run.target_rounded_to is not None:  # only then: other run cards stay as they were
+        card["target_rounded_to"] = str(run.target_rounded_to).replace("torch.", "")
+    return card

@@ -96,6 +96,7 @@ class UnlearningRun:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.train_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.sure_mask = None
+        self.target_rounded_to = None  # set in run() once the target's stored dtype is known
         self.state = ckpt.TrainingState()
 
     # ---------------------------------------------------------------- loading
@@ -139,6 +140,15 @@ class UnlearningRun:
             raise MuseQuantError(f"cannot load --pretrained {cfg.pretrained}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}",
                                  "pass a Hugging Face model directory or hub id") from None
+        # bf16 training from a target stored wider trains the target rounded to bf16: the update
+        # is saved relative to that rounded target (see checkpoint.save_weights)
+        self.target_rounded_to = self.train_dtype if (
+            self.precision == "bf16" and save_dtype != self.train_dtype) else None
+        if self.target_rounded_to is not None:
+            log.warning("--precision bf16: the target %s is stored in %s; training starts from "
+                        "its weights rounded to bfloat16, and the saved update (and everything "
+                        "evaluated from it) is relative to that rounded target",
+                        cfg.pretrained, str(save_dtype).replace("torch.", ""))
         forget = tokenize(tokenizer, forget_set.texts, cfg.max_len, cfg.packing)
         if not len(forget):
             raise MuseQuantError(f"the forget set {forget_set.source} has no text left after "
@@ -196,7 +206,7 @@ class UnlearningRun:
         if self.lora:
             model = merge(model)
         checkpoint = ckpt.save_weights(self.out, cfg, model, tokenizer, save_dtype,
-                                       self.sure_mask)
+                                       self.sure_mask, self.target_rounded_to)
         card = ckpt.run_card(self, forget_set, retain_set, final_losses, checkpoint, save_dtype,
                              self._wall_time())
         write_json(self.out / ckpt.LOSSES, {"step_losses": self.state.losses})
