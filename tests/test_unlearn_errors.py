@@ -3,7 +3,6 @@
 Every case here fails before a model or data set is read, so no model is needed.
 """
 
-
 import pytest
 
 from harness_ext.cli import main

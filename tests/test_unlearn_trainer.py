@@ -452,6 +452,13 @@ def test_bf16_sure_from_an_fp32_target_keeps_unselected_tensors_of_the_rounded_t
             assert torch.equal(p, p.to(torch.bfloat16).float()), name  # the bf16 model exactly
         else:
             assert torch.equal(p, base[name]), name  # bit-identical to bf16(target)
+    # diagnose compares against the same rounded target: its update is the delta alone
+    from harness_ext.evaluation.diagnostics import load_pair
+
+    ref, unl, _, _ = load_pair(str(target), str(delta_path))
+    ref, unl = dict(ref.named_parameters()), dict(unl.named_parameters())
+    assert {n for n in ref if not torch.equal(ref[n], unl[n])} == selected
+    assert all(torch.equal(ref[n], base[n]) for n in base)
     # an fp32 run writes no rounding mark and applies to the target as stored
     card = run(target, data, tmp_path / "fp32", "ga_sure", max_steps=2, save="delta")
     assert "target_rounded_to" not in card
