@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: key suffixes of the exact-value patches a delta file may carry (see :func:`weight_delta`)
 EXACT_INDEX, EXACT_VALUE = ":exact_index", ":exact_value"
+#: the delta file's one metadata key and its value; a delta taken against the target rounded to
+#: a narrower dtype (``unlearn --precision bf16`` from an fp32 target) appends ROUNDED + dtype
+DELTA_METADATA_KEY = "muse_quant"
+DELTA_METADATA = "delta theta_u - theta_o (format pt)"
+ROUNDED = "; base_rounded_to="
 
 
 # --------------------------------------------------------------------------------------
@@ -225,6 +230,7 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
 
     path = Path(path).expanduser()
     kind = detect_checkpoint_kind(path)
+    rounded_to = None
     if kind == "peft":
         model, update_norms = _merge_peft(model, path, allow_pickle)
     else:
@@ -233,6 +239,12 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
             state = load_state_file(path, allow_pickle)
             check_finite(state, str(path))
             patches = _exact_patches(state, str(path))
+            rounded_to = delta_base_rounding(path)
+            if rounded_to is not None:  # the delta is relative to the rounded target
+                log.warning("%s was trained from the target rounded to %s: rounding the base "
+                            "model's weights to %s before applying it", path,
+                            _dtype_name(rounded_to), _dtype_name(rounded_to))
+                round_parameters(model, rounded_to)
         else:
             state = {}
             for file in _full_model_files(path):
@@ -260,6 +272,8 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
     if not report["tensors_changed"]:
         log.warning("the unlearned checkpoint %s changes no weight: the results will be those "
                     "of the original model (pretrained=)", path)
+    if kind == "delta" and rounded_to is not None:
+        report["base_rounded_to"] = _dtype_name(rounded_to)
     log.info("applied unlearned checkpoint (%s) %s: %d tensors changed, ||delta|| = %.4g",
              kind, path, report["tensors_changed"], report["update_l2_norm"])
     return model, report
@@ -356,15 +370,53 @@ def weight_delta(unlearned: nn.Module, original: nn.Module) -> tuple[dict[str, t
     return out, patched
 
 
-def save_delta(delta: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Write a delta as one ``.safetensors`` file (atomically)."""
+def save_delta(delta: dict[str, torch.Tensor], path: str | Path,
+               base_rounded_to: torch.dtype | None = None) -> Path:
+    """Write a delta as one ``.safetensors`` file (atomically). ``base_rounded_to``: the delta is
+    relative to the target's weights rounded to that dtype (recorded in the metadata;
+    :func:`apply_unlearned` rounds the base model the same way before adding)."""
     from safetensors.torch import save_file
 
     from .io import atomic_path
 
     path = Path(path)
+    text = DELTA_METADATA + (ROUNDED + _dtype_name(base_rounded_to) if base_rounded_to else "")
     with atomic_path(path) as tmp:
         # one metadata key: safetensors writes a dict in random order, so two keys would make the
         # file's bytes (and its sha256) differ from run to run
-        save_file(delta, str(tmp), metadata={"muse_quant": "delta theta_u - theta_o (format pt)"})
+        save_file(delta, str(tmp), metadata={DELTA_METADATA_KEY: text})
     return path
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def delta_base_rounding(path: str | Path) -> torch.dtype | None:
+    """The dtype the delta file at ``path`` says its base must be rounded to, else None."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get(DELTA_METADATA_KEY, "")
+    if ROUNDED not in text:
+        return None
+    name = text.split(ROUNDED, 1)[1]
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise MuseQuantError(f"{path}: its metadata asks to round the base to {name!r}, which "
+                             "is not a torch floating-point dtype",
+                             "re-write the delta with `muse-quant unlearn --save delta`")
+    return dtype
+
+
+@torch.no_grad()
+def round_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Round every floating-point parameter of ``model`` to ``dtype`` (round to nearest even) and
+    back, in place: the target ``unlearn --precision bf16`` trained from, in its stored dtype."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.copy_(param.to(dtype).to(param.dtype))
+    return model

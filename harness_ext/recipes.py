@@ -52,6 +52,8 @@ def paper_hyperparameters(corpus: str, method: str, sure_threshold: str | None =
         hp["alpha"] = paper.get("alpha", hp["alpha"])
         if sure_threshold is not None:
             hp["sure_threshold"] = str(sure_threshold)
+    if base.endswith(KLR_SUFFIX):
+        hp["klr_reduction"] = PAPER_KLR_REDUCTION
     return hp
 
 
@@ -73,3 +75,13 @@ DEMO_SCHEMES = ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
 DEMO_DIAGNOSE_SCHEMES = ("bnb-fp4", "rtn:4:g64")
 #: the recovery map: full precision and the paper's 4-bit
 RECOVERY_MAP_SCHEMES = ("none", "bnb-fp4")
+
+
+#: The KL retain term of MUSE's and the paper's code is ``F.kl_div(..., reduction="batchmean")``
+#: on (batch, tokens, vocabulary) tensors: the KL summed over the vocabulary and the tokens,
+#: divided by the batch size, about T (tokens per row, 2048 in MUSE) times the per-token mean
+#: that ``--klr_reduction mean`` (the trainer's default) computes. Their alpha (1, 2 on BOOKS,
+#: 20 for NPO_KLR with SURE) was tuned at that scale, so the recipes train the _klr methods with
+#: ``--klr_reduction sum`` and keep alpha as published (equivalently: alpha x T with ``mean``).
+KLR_SUFFIX = "_klr"
+PAPER_KLR_REDUCTION = "sum"

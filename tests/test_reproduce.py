@@ -57,6 +57,11 @@ def test_dry_run_lists_every_method_and_scheme_with_parseable_commands(tmp_path,
             assert a.sure_threshold == ("99" if a.method == "ga_gdr_sure" else "90")
         else:
             assert (a.lr, a.alpha) == (1e-5, 1.0)
+        # the paper's KL term is kl_div(batchmean): summed over tokens, so its alpha needs
+        # --klr_reduction sum (recipes.PAPER_KLR_REDUCTION); the other methods keep the default
+        assert a.klr_reduction == ("sum" if "_klr" in a.method else "mean"), a.method
+    klr = [c for c in commands if c.startswith("muse-quant unlearn --method npo_klr ")]
+    assert klr and klr[0].endswith("--klr_reduction sum")
     assert len(sweeps) == len(MODELS)
     for a in sweeps:
         assert a.quant.split(",") == list(DEFAULT_QUANT)

@@ -415,3 +415,69 @@ def test_cli_plugin_and_eval_of_the_output(target, initial, tmp_path, capsys):
     assert res["config"]["muse_quant"]["unlearned"]["kind"] == "delta"
     assert res["config"]["muse_quant"]["unlearned"]["tensors_changed"] == 21
     assert isinstance(res["results"]["muse_news_verbmem_f"]["verbmem_rougeL_f1,none"], float)
+
+
+# --------------------------------------------------------------------------------------
+# bf16 training from an fp32 target: the update is relative to the rounded target
+# --------------------------------------------------------------------------------------
+
+def rounded(target) -> dict:
+    """bf16(theta_o) in the stored dtype (fp32)."""
+    return {n: p.to(torch.bfloat16).float() for n, p in params(target).items()}
+
+
+def applied(target, delta_path):
+    model, report = checkpoints.apply_unlearned(load(target), delta_path)
+    return {n: p.detach() for n, p in model.named_parameters()}, report
+
+
+def test_bf16_sure_from_an_fp32_target_keeps_unselected_tensors_of_the_rounded_target(
+        target, data, tmp_path, caplog):
+    assert json.loads((target / "config.json").read_text())["dtype"] == "float32"
+    with caplog.at_level("WARNING"):
+        card = run(target, data, tmp_path / "sure", "ga_sure", max_steps=2, precision="bf16",
+                   save="delta")
+    assert "stored in float32" in caplog.text and "rounded to bfloat16" in caplog.text
+    assert card["target_rounded_to"] == "bfloat16"
+    selected = {n for n, m in card["sure"]["mask"].items() if m}
+    delta_path = tmp_path / "sure" / "delta.safetensors"
+    delta = load_file(str(delta_path))
+    assert {k for k in delta if ":" not in k} == selected  # no rounding noise elsewhere
+    after, report = applied(target, delta_path)
+    assert report["base_rounded_to"] == "bfloat16" and report["tensors_changed"] == len(selected)
+    base = rounded(target)
+    for name, p in after.items():
+        if name in selected:
+            assert not torch.equal(p, base[name]), name
+            assert torch.equal(p, p.to(torch.bfloat16).float()), name  # the bf16 model exactly
+        else:
+            assert torch.equal(p, base[name]), name  # bit-identical to bf16(target)
+    # diagnose compares against the same rounded target: its update is the delta alone
+    from harness_ext.evaluation.diagnostics import load_pair
+
+    ref, unl, _, _ = load_pair(str(target), str(delta_path))
+    ref, unl = dict(ref.named_parameters()), dict(unl.named_parameters())
+    assert {n for n in ref if not torch.equal(ref[n], unl[n])} == selected
+    assert all(torch.equal(ref[n], base[n]) for n in base)
+    # an fp32 run writes no rounding mark and applies to the target as stored
+    card = run(target, data, tmp_path / "fp32", "ga_sure", max_steps=2, save="delta")
+    assert "target_rounded_to" not in card
+    _, report = applied(target, tmp_path / "fp32" / "delta.safetensors")
+    assert "base_rounded_to" not in report
+
+
+def test_bf16_plain_method_update_holds_only_what_training_changed(target, data, tmp_path):
+    """GA at lr 1e-6 in bf16 moves few weights (sub-ulp updates are lost): the delta holds the
+    tensors that moved and nothing else, and base + delta equals the trained bf16 model."""
+    for save in ("full", "delta"):
+        run(target, data, tmp_path / save, "ga", lr=1e-6, max_steps=2, precision="bf16",
+            save=save)
+    trained = params(tmp_path / "full" / "model")  # the bf16 model, in fp32 storage
+    base = rounded(target)
+    moved = {n for n in trained if not torch.equal(trained[n], base[n])}
+    delta = load_file(str(tmp_path / "delta" / "delta.safetensors"))
+    assert {k for k in delta if ":" not in k} == moved
+    assert moved and len(moved) < len(base)  # some tensors did not move at all
+    after, _ = applied(target, tmp_path / "delta" / "delta.safetensors")
+    for name, p in after.items():
+        assert torch.equal(p, trained[name]), name

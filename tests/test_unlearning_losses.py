@@ -87,6 +87,38 @@ def test_kl_term_by_hand():
         -uniform_nll + 2.0 * kl0, rel=1e-6)
 
 
+def test_kl_term_summed_over_tokens_per_batch_row_by_hand():
+    """--klr_reduction sum: KL summed over the vocabulary and the real tokens, divided by the
+    batch rows (the paper's kl_div(..., reduction="batchmean") scale)."""
+    theta = Bigram([[0.0, 0.0], [LN3, 0.0]])
+    ref = Bigram([[LN3, 0.0], [0.0, LN3]])
+    kl0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    kl1 = math.log(3) / 2
+    # 3 scored positions (A after 0, A after 1, B after 1) over 2 rows
+    expected = (kl0 + kl1 + kl1) / 2
+    assert val(kl_to_reference(theta, ref, hand_batch(), reduction="sum")) == pytest.approx(
+        expected, rel=1e-6)
+    assert val(kl_to_reference(theta, ref, hand_batch(), reduction="mean")) == pytest.approx(
+        expected * 2 / 3, rel=1e-6)
+    # without padding it is exactly torch's kl_div batchmean on (rows, positions, vocabulary)
+    batch = {"input_ids": torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    batch["labels"] = batch["input_ids"].clone()
+    logp = torch.log_softmax(theta.table[batch["input_ids"][:, :-1]], -1)
+    ref_logp = torch.log_softmax(ref.table[batch["input_ids"][:, :-1]], -1)
+    paper = torch.nn.functional.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
+    assert val(kl_to_reference(theta, ref, batch, reduction="sum")) == pytest.approx(
+        val(paper), rel=1e-6)  # the loss computes in float32
+    # the _klr methods pass --klr_reduction through; theta uniform: every position has KL kl0
+    theta_u = Bigram([[0.0, 0.0], [0.0, 0.0]])
+    for reduction, kl in (("mean", kl0), ("sum", 3 * kl0 / 2)):
+        method = make_method("ga_klr", alpha=2.0, klr_reduction=reduction)
+        assert val(method.loss(theta_u, ref, hand_batch(), hand_batch())) == pytest.approx(
+            -math.log(2) + 2.0 * kl, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        kl_to_reference(theta, ref, hand_batch(), reduction="batchmean")
+
+
 def test_kl_term_is_zero_at_the_reference_and_positive_otherwise():
     from harness_ext.toy.tiny import build_tiny_llama
 

@@ -253,6 +253,10 @@ def load_pair(pretrained: str, unlearned: str, dtype: str = "auto", device: str 
 
     unlearned_model, report = apply_unlearned(copy.deepcopy(target), unlearned,
                                               allow_pickle=allow_pickle)
+    if report.get("base_rounded_to"):  # a delta against the bf16-rounded target: compare to it
+        from ..checkpoints import round_parameters
+
+        round_parameters(target, getattr(torch, report["base_rounded_to"]))
     return target, unlearned_model.eval(), tokenizer, report
 
 

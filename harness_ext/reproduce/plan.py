@@ -166,7 +166,8 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
             hp, method=m, pretrained=target_dir, corpus=corpus, muse_data=muse_data,
             out=str(udir), batch_size=batch_size, grad_accum=grad_accum, precision=precision,
             save=save, progress=False)
-        keys = UNLEARN_KEYS + (("sure_threshold",) if "sure_threshold" in hp else ())
+        # the recipe's settings beyond UNLEARN_KEYS (sure_threshold, klr_reduction), in order
+        keys = UNLEARN_KEYS + tuple(k for k in hp if k not in UNLEARN_KEYS)
         argv = ["muse-quant", "unlearn", *cfg.to_argv(keys, compact=True)]
         thr_text = str(hp.get("sure_threshold", "90"))
         thr = 90.0 if thr_text.startswith("abs:") else float(thr_text)

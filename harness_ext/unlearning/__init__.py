@@ -82,9 +82,10 @@ def get_method_class(name: str) -> type[UnlearningMethod]:
     return METHODS.get(name)
 
 
-def make_method(name: str, alpha: float = 1.0, beta: float = 0.1) -> UnlearningMethod:
+def make_method(name: str, alpha: float = 1.0, beta: float = 0.1,
+                klr_reduction: str = "mean") -> UnlearningMethod:
     """An instance of the registered method ``name`` (unknown names raise MuseQuantError)."""
-    method = get_method_class(name)(alpha=alpha, beta=beta)
+    method = get_method_class(name)(alpha=alpha, beta=beta, klr_reduction=klr_reduction)
     method.name = name
     return method
 

@@ -52,11 +52,13 @@ class UnlearningMethod:
     #: the registered name; set by the registry decorator's caller or :func:`method_name`
     name: ClassVar[str] = ""
 
-    def __init__(self, alpha: float = 1.0, beta: float = NPO_BETA):
+    def __init__(self, alpha: float = 1.0, beta: float = NPO_BETA, klr_reduction: str = "mean"):
         #: weight of the retain term (``_GDR`` / ``_KLR``); MUSE default 1
         self.alpha = float(alpha)
         #: NPO's inverse temperature; MUSE default 0.1
         self.beta = float(beta)
+        #: how the ``_KLR`` term reduces over tokens: mean (per token) | sum (the paper's scale)
+        self.klr_reduction = klr_reduction
 
     @classmethod
     def reference_forwards(cls) -> int:

@@ -111,8 +111,19 @@ def save_resume(out: Path, model, optimizer, forget_gen, retain_sampler, sure_ma
 
 def load_resume_state(out: Path, config: dict) -> dict:
     """The saved ``state.json``; refuses a run started with other training settings."""
-    state = json.loads((out / RESUME_DIR / "state.json").read_text())
-    saved = state["config"]
+    path = out / RESUME_DIR / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        saved = state["config"]
+        if not isinstance(saved, dict) or not all(
+                isinstance(state[k], int) for k in ("step", "epoch")):
+            raise TypeError("unexpected structure")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise MuseQuantError(
+            f"--resume: the resume state {path} is damaged ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the run in {out} cannot be continued",
+            "start the run over with --overwrite instead of --resume (the same arguments)"
+        ) from None
     changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if changed:
         raise MuseQuantError(
@@ -157,8 +168,14 @@ def restore(out: Path, state: dict, model, optimizer, forget_gen, retain_sampler
 # Outputs
 # --------------------------------------------------------------------------------------
 
-def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, sure_mask) -> str:
-    """Write ``model/`` (``--save full``) or ``delta.safetensors``; returns its name."""
+def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, sure_mask,
+                 target_rounded_to=None) -> str:
+    """Write ``model/`` (``--save full``) or ``delta.safetensors``; returns its name.
+
+    ``target_rounded_to`` (bf16 training from a target stored in a wider dtype): the delta is
+    theta_u - round(theta_o), so tensors the run did not change are absent from it (no rounding
+    noise), and its metadata tells :func:`harness_ext.checkpoints.apply_unlearned` to round the
+    base the same way. A full model holds the trained (bf16) weights in the stored dtype."""
     from .. import checkpoints
 
     out.mkdir(parents=True, exist_ok=True)
@@ -175,11 +192,13 @@ def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, su
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=save_dtype)
+    if target_rounded_to is not None:
+        checkpoints.round_parameters(original, target_rounded_to)
     delta, patched = checkpoints.weight_delta(model, original)
     log.info("delta: %d tensors changed; %d elements near zero stored exactly",
              sum(1 for k in delta if k in dict(original.named_parameters())), patched)
     del original
-    checkpoints.save_delta(delta, out / name)
+    checkpoints.save_delta(delta, out / name, base_rounded_to=target_rounded_to)
     return name
 
 
@@ -198,6 +217,17 @@ def versions() -> dict:
     return out
 
 
+def regularizer_options(run) -> dict:
+    """The retain regularizer's own settings (``klr_reduction`` of a ``_klr`` method) where they
+    differ from the default; run cards of default settings stay as they were before the option."""
+    from dataclasses import fields
+
+    reg = run.method.regularizer
+    defaults = {f.name: f.default for f in fields(UnlearnConfig)}
+    return {k: getattr(run.cfg, k) for k in (reg.options if reg is not None else ())
+            if getattr(run.cfg, k) != defaults[k]}
+
+
 def command(run) -> list[str]:
     """The argv that re-runs ``run`` (an :class:`~.loop.UnlearningRun`; every setting explicit,
     defaults resolved)."""
@@ -205,7 +235,8 @@ def command(run) -> list[str]:
 
     cfg = replace(run.cfg, muse_data=resolve_source(run.cfg.muse_data), lr=run.lr,
                   epochs=run.epochs, precision=run.precision)
-    keys = COMMAND_KEYS + (SURE_COMMAND_KEYS if run.method.sure else ())
+    keys = COMMAND_KEYS + (SURE_COMMAND_KEYS if run.method.sure else ()) + \
+        tuple(regularizer_options(run))
     return ["muse-quant", "unlearn", *cfg.to_argv(keys)]
 
 
@@ -223,8 +254,8 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
              "packing": cfg.packing, "steps": run.state.step,
              "steps_per_epoch": run.steps_per_epoch,
              "checkpoint_dtype": str(save_dtype).replace("torch.", ""),
-             "device": run.device.type}
-    return {
+             "device": run.device.type, **regularizer_options(run)}
+    card = {
         "method": cfg.method,
         "base_method": base,
         "sure": run.sure_mask.run_card() if run.sure_mask is not None else None,
@@ -244,3 +275,6 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
         "checkpoint": checkpoint,
         "command": command(run),
     }
+    if run.target_rounded_to is not None:  # only then: other run cards stay as they were
+        card["target_rounded_to"] = str(run.target_rounded_to).replace("torch.", "")
+    return card

@@ -10,6 +10,7 @@ No torch here: the CLI parser is built from this module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import MuseQuantError
@@ -19,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "bf16-mixed")
 SAVE_FORMATS = ("full", "delta")
 PACKINGS = ("muse", "documents")
 GRANULARITIES = ("module", "neuron")
+KLR_REDUCTIONS = ("mean", "sum")
 
 WHAT = "what to unlearn"
 HYPER = "hyperparameters (MUSE defaults)"
@@ -64,6 +66,10 @@ class UnlearnConfig:
     max_len: int = _option(2048, HYPER, "tokens per training example")
     alpha: float = _option(1.0, HYPER, "weight of the _GDR/_KLR retain term")
     beta: float = _option(NPO_BETA, HYPER, "NPO inverse temperature")
+    klr_reduction: str = _option(
+        "mean", HYPER, "the _KLR term: mean = KL per real retain token (averaged over tokens); "
+        "sum = KL summed over tokens, divided by the batch rows (the paper's kl_div "
+        "batchmean, ~T times larger)", choices=KLR_REDUCTIONS)
     seed: int = _option(0, HYPER)
     weight_decay: float = _option(0.0, HYPER, "AdamW decoupled decay")
     max_grad_norm: float = _option(1.0, HYPER, "clip norm; 0 = off")
@@ -142,6 +148,22 @@ class UnlearnConfig:
             raise MuseQuantError(f"--beta {self.beta} / --alpha {self.alpha}: beta must be "
                                  "positive and alpha non-negative",
                                  "MUSE uses --beta 0.1 --alpha 1")
+        # finite and in range (nan fails every comparison, so `not x > 0` catches it)
+        for key, low, fix in (("lr", "positive", "MUSE uses --lr 1e-5 (SURE 1e-4)"),
+                              ("alpha", "non-negative", "MUSE uses --alpha 1"),
+                              ("beta", "positive", "MUSE uses --beta 0.1"),
+                              ("weight_decay", "non-negative", "MUSE uses --weight_decay 0"),
+                              ("max_grad_norm", "non-negative", "MUSE uses --max_grad_norm 1 "
+                                                                "(0 turns clipping off)")):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            ok = value > 0 if low == "positive" else value >= 0
+            if not (ok and math.isfinite(value)):
+                raise MuseQuantError(f"--{key} {value}: must be a finite {low} number", fix)
+        if self.klr_reduction not in KLR_REDUCTIONS:
+            raise MuseQuantError(f"unknown --klr_reduction {self.klr_reduction!r}",
+                                 f"use one of {KLR_REDUCTIONS}")
 
     # ---------------------------------------------------------------- command lines
     @classmethod

@@ -78,7 +78,8 @@ class UnlearningRun:
         self.out = Path(cfg.out).expanduser()
         if cfg.plugin:
             load_plugin(cfg.plugin)
-        self.method = make_method(cfg.method, alpha=cfg.alpha, beta=cfg.beta)
+        self.method = make_method(cfg.method, alpha=cfg.alpha, beta=cfg.beta,
+                                  klr_reduction=cfg.klr_reduction)
         self.lora = parse_lora(cfg.lora)
         self.threshold = parse_threshold(cfg.sure_threshold) if self.method.sure else None
         if self.method.sure and cfg.sure_granularity not in GRANULARITIES:
@@ -95,6 +96,7 @@ class UnlearningRun:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.train_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.sure_mask = None
+        self.target_rounded_to = None  # set in run() once the target's stored dtype is known
         self.state = ckpt.TrainingState()
 
     # ---------------------------------------------------------------- loading
@@ -126,6 +128,9 @@ class UnlearningRun:
         cfg, method = self.cfg, self.method
         self._session_start = time.perf_counter()
         ckpt.check_out(self.out, cfg.resume, cfg.overwrite)
+        # read (and check) the resume state before loading anything
+        resume_state = ckpt.load_resume_state(self.out, cfg.training_fields()) \
+            if cfg.resume else None
         forget_set = load_forget(cfg)
         retain_set = load_retain(cfg, method.needs_retain, cfg.method)
         try:
@@ -135,6 +140,15 @@ class UnlearningRun:
             raise MuseQuantError(f"cannot load --pretrained {cfg.pretrained}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}",
                                  "pass a Hugging Face model directory or hub id") from None
+        # bf16 training from a target stored wider trains the target rounded to bf16: the update
+        # is saved relative to that rounded target (see checkpoint.save_weights)
+        self.target_rounded_to = self.train_dtype if (
+            self.precision == "bf16" and save_dtype != self.train_dtype) else None
+        if self.target_rounded_to is not None:
+            log.warning("--precision bf16: the target %s is stored in %s; training starts from "
+                        "its weights rounded to bfloat16, and the saved update (and everything "
+                        "evaluated from it) is relative to that rounded target",
+                        cfg.pretrained, str(save_dtype).replace("torch.", ""))
         forget = tokenize(tokenizer, forget_set.texts, cfg.max_len, cfg.packing)
         if not len(forget):
             raise MuseQuantError(f"the forget set {forget_set.source} has no text left after "
@@ -159,9 +173,6 @@ class UnlearningRun:
         if method.needs_reference and not self.lora:
             ref_model = self._load_model(self.train_dtype).eval().requires_grad_(False)
         model.train()
-
-        resume_state = ckpt.load_resume_state(self.out, cfg.training_fields()) \
-            if cfg.resume else None
 
         if method.sure:
             self.sure_mask = self._sure_mask(model, ref_model, forget, resume_state)
@@ -195,7 +206,7 @@ class UnlearningRun:
         if self.lora:
             model = merge(model)
         checkpoint = ckpt.save_weights(self.out, cfg, model, tokenizer, save_dtype,
-                                       self.sure_mask)
+                                       self.sure_mask, self.target_rounded_to)
         card = ckpt.run_card(self, forget_set, retain_set, final_losses, checkpoint, save_dtype,
                              self._wall_time())
         write_json(self.out / ckpt.LOSSES, {"step_losses": self.state.losses})

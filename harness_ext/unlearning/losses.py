@@ -46,12 +46,23 @@ def reference_sequence_logprob(ref_model, batch):
         return sequence_logprob(ref_model, batch)
 
 
-def kl_to_reference(model, ref_model, batch):
-    """KL(p_ref || p_theta) of the next-token distributions, averaged over real tokens.
+def kl_to_reference(model, ref_model, batch, reduction: str = "mean"):
+    """KL(p_ref || p_theta) of the next-token distributions over the batch's real tokens.
 
     For each position t whose target token is real (``labels[:, t+1] != -100``, the same
-    positions the NLL scores): sum over the vocabulary of p_ref * (log p_ref - log p_theta).
+    positions the NLL scores): KL_t = sum over the vocabulary of p_ref * (log p_ref - log p_theta).
     Computed from log-softmax of both models' logits (not ``kl_div`` on raw logits).
+
+    ``reduction``:
+
+    * ``"mean"``: sum_t KL_t / (number of real positions), the KL per token;
+    * ``"sum"``: sum_t KL_t / B, with B the number of batch rows: the KL summed over the
+      vocabulary and over every real token, divided by the batch size. This is what the paper's
+      (and MUSE's) code computes with ``F.kl_div(logp, ref_logp, reduction="batchmean",
+      log_target=True)`` on (B, T, V) tensors: ``batchmean`` sums every element and divides by
+      B = the first dimension. It is about T times ``"mean"`` for rows of T real tokens, so the
+      paper's alpha carries over one to one only with ``"sum"``. (Their code scores all T
+      positions of a row, padding included; here only real next-token positions count.)
     """
     import torch
     import torch.nn.functional as F
@@ -64,4 +75,8 @@ def kl_to_reference(model, ref_model, batch):
     ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)
     mask = (batch["labels"][:, 1:] != -100).float()
+    if reduction == "sum":
+        return (kl * mask).sum() / kl.shape[0]
+    if reduction != "mean":
+        raise ValueError(f"kl_to_reference: unknown reduction {reduction!r} (mean | sum)")
     return (kl * mask).sum() / mask.sum().clamp(min=1)

@@ -9,6 +9,9 @@ MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language
 * **KLR** (KL on retain): alpha * KL(p_ref || p_theta) on retain tokens, a true KL between the
   target's and the model's next-token distributions averaged over real tokens
   (:func:`.losses.kl_to_reference`; MUSE's code applies ``kl_div`` to raw logits instead).
+  ``--klr_reduction`` (the method's ``klr_reduction``): ``mean`` (default) = per real token;
+  ``sum`` = summed over tokens and divided by the batch rows, the scale of the paper's
+  ``kl_div(..., reduction="batchmean")``, with which the paper's alpha means what it meant there.
 
 A variant's loss is ``forget_loss + alpha * term(retain batch)``, in that order; it needs a
 retain batch, and the frozen reference when the forget loss or the term does.
@@ -32,17 +35,23 @@ class Regularizer:
     label: str  # appended to the class name (GA -> GA_GDR)
     summary: str  # "<METHOD> + <summary>" in `muse-quant unlearn --list`
     needs_reference: bool  # the term reads the frozen target (one reference forward)
-    term: Callable  # term(model, ref_model, retain_batch) -> scalar
+    term: Callable  # term(model, ref_model, retain_batch, **options) -> scalar
+    #: method attributes passed to ``term`` by name (each is an UnlearnConfig field / option)
+    options: tuple[str, ...] = ()
 
 
 def _retain_nll(model, ref_model, retain_batch):
     return nll(model, retain_batch)
 
 
+def _retain_kl(model, ref_model, retain_batch, klr_reduction="mean"):
+    return kl_to_reference(model, ref_model, retain_batch, reduction=klr_reduction)
+
+
 REGULARIZERS = (
     Regularizer("_gdr", "GDR", "alpha * NLL(retain)", False, _retain_nll),
     Regularizer("_klr", "KLR", "alpha * KL(p_ref || p_theta) on retain tokens", True,
-                kl_to_reference),
+                _retain_kl, options=("klr_reduction",)),
 )
 
 
@@ -52,7 +61,8 @@ def make_regularized_variant(name: str, base: type[UnlearningMethod],
 
     def loss(self, model, ref_model, forget_batch, retain_batch):
         return (self.forget_loss(model, ref_model, forget_batch)
-                + self.alpha * reg.term(model, ref_model, retain_batch))
+                + self.alpha * reg.term(model, ref_model, retain_batch,
+                                        **{k: getattr(self, k) for k in reg.options}))
 
     attrs = {"regularizer": reg, "needs_retain": True, "loss": loss,
              "needs_reference": base.needs_reference or reg.needs_reference,
