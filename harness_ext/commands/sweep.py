@@ -5,11 +5,14 @@
       --tasks muse_news_quant --output_path OUT [--metadata muse_data=embedded] \\
       [--limit N] [--device cpu] [--batch_size 8]
 
-Writes OUT/<scheme>.json (``:`` becomes ``_``: OUT/rtn_4_g128.json), each what
-``muse-quant eval --model muse_quant --model_args ...,quant=<scheme> --output_path`` would
+Writes OUT/<scheme>.json (":" becomes "_": OUT/rtn_4_g128.json), each what
+`muse-quant eval --model muse_quant --model_args ...,quant=<scheme> --output_path` would
 write. Schemes whose file exists are skipped (run again to resume); a failing scheme is listed
 in OUT/errors.json and the exit status is 1, the others are kept. Calibration model args
-(``calib=``, ``calib_samples=``, ``quant_cache_dir=``, ...) go in --model_args.
+(calib=, calib_samples=, quant_cache_dir=, ...) go in --model_args.
+
+With --target DIR (the target's sweep folder) it ends with the table of muse-quant compare DIR
+OUT: retained knowledge, utility kept and the verdict.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--batch_size", default=None,
                         help="as lm_eval: an integer or auto (default 1)")
+    parser.add_argument("--target", default=None, metavar="DIR",
+                        help="the target's sweep folder: print muse-quant compare DIR "
+                             "OUTPUT_PATH at the end")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show lm-eval's known-harmless warnings")
 
 
 def run(args) -> int:
@@ -40,7 +48,14 @@ def run(args) -> int:
 
     from ..io import scheme_filename
     from ..evaluation.sweep import run_sweep
+    from ..quantizers.compat import quiet_lm_eval
 
+    target = None
+    if args.target:  # read before anything is loaded: a wrong folder fails now
+        from ..evaluation.compare import load_run
+
+        target = load_run(args.target)
+    quiet_lm_eval(args.verbose)
     batch = args.batch_size
     batch = int(batch) if batch is not None and str(batch).isdigit() else batch
     result = run_sweep(args.model_args, args.quant, args.tasks, args.output_path,
@@ -61,5 +76,9 @@ def run(args) -> int:
             print(f"  fix: {err['fix']}", file=sys.stderr)
     if result.failed:
         print(f"errors written to {result.output_path / 'errors.json'}", file=sys.stderr)
-        return 1
-    return 0
+    if target is not None and (result.written or result.skipped):
+        from ..evaluation.compare import compare, format_table
+
+        print()
+        print(format_table(compare(target, [result.output_path])))
+    return 1 if result.failed else 0

@@ -11,7 +11,7 @@ unlearn the target, evaluate VerbMem_f at full precision and at 4-bit (``bnb-fp4
 
 and it shows **recovery** when the unlearning forgot something at full precision
 (``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back
-(``retained_4bit - retained_full >= 10``; :data:`harness_ext.demo.summary.RECOVERY_POINTS`).
+(``retained_4bit - retained_full >= 10``; :data:`harness_ext.evaluation.verdict.RECOVERY_POINTS`).
 Without the first condition a barely-unlearned model whose 4-bit score drifts above the
 target's (VerbMem_f of the target itself moves by a few points between schemes) would count. For ``bf16`` the target is first rounded to
 bf16 and stored so (MUSE's models are 16-bit), unlearned in pure bf16, and both are evaluated with
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .summary import RECOVERY_POINTS
+from ..evaluation.verdict import RECOVERY_POINTS, recovers
 
 SCHEMES = ("none", "bnb-fp4")
 POINT_FILE = "point.json"
@@ -111,9 +111,7 @@ def run_recovery_map(demo, corpus: str, precisions=("fp32",), lrs=None) -> dict:
 
 
 def is_recovery(point: dict) -> bool:
-    full, four = point["retained_full"], point["retained_4bit"]
-    return (full is not None and four is not None and full <= 100 - RECOVERY_POINTS
-            and four - full >= RECOVERY_POINTS)
+    return recovers(point["retained_full"], point["retained_4bit"])
 
 
 def format_map(report: dict) -> str:

@@ -11,10 +11,8 @@ import io
 import json
 from pathlib import Path
 
+from ..evaluation.verdict import RECOVERY_POINTS, recovers
 from .pipeline import _call, model_names
-
-#: the toy "reproduces recovery" when 4-bit retained knowledge exceeds full precision by this much
-RECOVERY_POINTS = 10.0
 
 
 def slug(corpus: str, name: str) -> str:
@@ -84,8 +82,7 @@ def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict)
     full, four = average.get("none"), average.get("bnb-fp4")
     # recovery of forgotten text: something was forgotten at full precision and 4-bit brings
     # at least RECOVERY_POINTS of it back (same rule as the recovery map)
-    recovered = None if full is None or four is None else \
-        full <= 100 - RECOVERY_POINTS and four - full >= RECOVERY_POINTS
+    recovered = None if full is None or four is None else recovers(full, four)
     return {"corpus": corpus, "schemes": schemes, "rows": rows, "references": references,
             "baseline_average": average, "paper_average": list(scores.PAPER_AVERAGE),
             "recovery": recovered}
