@@ -3,7 +3,7 @@
 A plan is a list of :class:`Stage` objects, each one existing ``muse-quant`` command (``hf
 download``, ``unlearn``, ``sweep``, ``leaderboard add``) with the file that marks it done and an
 estimate of its disk, GPU memory and time. ``reproduce`` runs the stages in order (skipping the
-done ones), prints them (``--dry-run``) or writes them as SLURM job arrays (``--emit-slurm``).
+done ones), prints them (``--dry_run``) or writes them as SLURM job arrays (``--emit_slurm``).
 Nothing here imports torch or needs the hub, so planning is instant and works on any machine.
 
 Output layout under ``--out`` (what ``muse-quant leaderboard add`` collects)::
@@ -405,7 +405,7 @@ eval "$CMD"
 """
 
 SUBMIT = """#!/bin/bash
-# Submit the reproduction as dependent SLURM jobs (written by muse-quant reproduce --emit-slurm).
+# Submit the reproduction as dependent SLURM jobs (written by muse-quant reproduce --emit_slurm).
 # fetch -> unlearn array (one method per task) -> sweep array (one model x scheme per task)
 # -> leaderboard entries. afterok: a later array starts when every task of the earlier one
 # succeeded. Re-running this script resubmits; finished cells exit at once.
@@ -420,7 +420,7 @@ def emit_slurm(plan: Plan, directory: str | Path) -> dict:
     """Write the SLURM scripts into an empty/new ``directory``; returns ``{name: path}``."""
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
-        raise MuseQuantError(f"--emit-slurm {d} exists and is not an empty folder",
+        raise MuseQuantError(f"--emit_slurm {d} exists and is not an empty folder",
                              "pass a new folder (nothing is overwritten)")
     d.mkdir(parents=True, exist_ok=True)
     cwd = shlex.quote(str(Path.cwd()))

@@ -219,3 +219,54 @@ def test_intervals_from_lm_eval_samples(tmp_path):
     assert model["verdict"] == "recovers"
     table = compare.format_table(compare.compare(target, [unlearned]))
     assert "50.0  [50.0, 50.0]      +25.0  [+25.0, +25.0]" in table
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_sweep_target_and_compare_on_the_tiny_model(tiny_model_dir, small_model_dir, tmp_path,
+                                                    capsys):
+    """The trained tiny model as the target, a random one as the "unlearned" model: sweep
+    --target prints the table; compare on lm_eval --log_samples output prints intervals."""
+    from harness_ext.io import load_results
+
+    common = ["--tasks", "muse_news_verbmem_f,muse_news_knowmem_r", "--metadata",
+              "muse_data=embedded", "--limit", "3", "--device", "cpu", "--batch_size", "8"]
+    target, unlearned = tmp_path / "target", tmp_path / "unlearned"
+    assert main(["sweep", "--model_args", f"pretrained={tiny_model_dir}", "--quant",
+                 "none,bnb-fp4", *common, "--output_path", str(target)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "--model_args", f"pretrained={small_model_dir}", "--quant",
+                 "none,bnb-fp4", *common, "--output_path", str(unlearned), "--target",
+                 str(target)]) == 0
+    printed = capsys.readouterr().out
+    assert "MUSE-news: retained % = 100 * VerbMem_f(unlearned) / VerbMem_f(target)" in printed
+    assert "\nunlearned: " in printed and verdict.rule_text() in printed
+    (model,) = compare.compare(target, [unlearned])["corpora"][0]["models"]
+    for row in model["rows"]:
+        name = row["scheme"].replace(":", "_") + ".json"
+        u = load_results(unlearned / name)["results"]["muse_news_verbmem_f"]
+        t = load_results(target / name)["results"]["muse_news_verbmem_f"]
+        assert t["verbmem_rougeL_f1,none"] > 0  # the tiny model was trained on these texts
+        assert row["retained"] == pytest.approx(100 * u["verbmem_rougeL_f1,none"]
+                                                / t["verbmem_rougeL_f1,none"])
+        assert row["retained_ci"] is None  # the sweep writes no per-document values (yet)
+
+    # lm_eval --log_samples output: per-document values, so intervals
+    for model_dir, folder in ((tiny_model_dir, "t"), (small_model_dir, "u")):
+        for scheme in ("none", "bnb-fp4"):
+            assert main(["eval", "--model_args", f"pretrained={model_dir},quant={scheme}",
+                         *common, "--log_samples", "--output_path",
+                         str(tmp_path / folder / scheme)]) == 0
+    out_json = tmp_path / "compare.json"
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "t"), str(tmp_path / "u"), "--json",
+                 str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    (model,) = json.loads(out_json.read_text())["corpora"][0]["models"]
+    rows = {r["scheme"]: r for r in model["rows"]}
+    for row in rows.values():
+        low, high = row["retained_ci"]
+        assert low <= row["retained"] + 1e-9 and row["retained"] <= high + 1e-9
+    low, high = rows["bnb-fp4"]["change_ci"]
+    assert low <= rows["bnb-fp4"]["change"] + 1e-9 <= high + 2e-9
+    assert f"[{low:+.1f}, {high:+.1f}]" in printed

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from harness_ext.cli import main
-from harness_ext.commands import eval as eval_command
 from harness_ext.errors import MuseQuantError
 
 NO_PRIVLEAK = "muse_news_verbmem_f,muse_news_knowmem_f,muse_news_knowmem_r"
@@ -31,6 +30,7 @@ def lm_eval_argv(monkeypatch):
 
     calls = []
     monkeypatch.setattr(compat, "run_lm_eval_cli", lambda argv: calls.append(list(argv)))
+    monkeypatch.setattr("harness_ext.plugin.register", lambda: None)  # no model is loaded
     return calls
 
 

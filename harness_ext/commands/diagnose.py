@@ -6,7 +6,7 @@
 Per quantized module, per transformer block and overall: ||θu − θo||, ||Q(θu) − Q(θo)||, their
 ratio, the fraction of weights whose quantized value flips, the share of ||θu − θo||² carried by
 weights that moved less than half a quantization step, and the fraction of weights that did not
-change at all (definitions in harness_ext/diagnostics.py). Prints the overall table; with --out
+change at all (definitions in harness_ext/evaluation/diagnostics.py). Prints the overall table; with --out
 writes DIR/diagnose.json and DIR/survival.png (survival ratio per block and scheme).
 """
 

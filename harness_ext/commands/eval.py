@@ -3,7 +3,8 @@
 Every argument is passed to `lm_eval run`; on top of lm_eval: --model defaults to muse_quant; the
 MUSE tasks are always found (--include_path added); lm-eval's ~14k built-in tasks are not scanned
 when every requested task is a muse_ task (MUSE_QUANT_SCAN_BUILTINS=1 scans them anyway);
-$MUSE_DATA becomes --metadata muse_data=... so the results record the data source; a privleak
+$MUSE_DATA becomes --metadata muse_data=... so the results record the data source (--muse_data
+and --pretrained are accepted as in the other subcommands); a privleak
 task under a model without per-token log-probs is refused before anything is loaded; lm-eval's
 known-harmless warnings are hidden (-v / --verbose shows them).
 """
@@ -107,6 +108,8 @@ def help_text() -> str:
         "",
         "options of muse-quant eval itself:",
         _rows((("-h, --help", "this help"),
+               ("--pretrained DIR", "the same as --model_args pretrained=DIR"),
+               ("--muse_data SOURCE", "the same as --metadata muse_data=SOURCE"),
                ("-v, --verbose", "also show lm-eval's known-harmless warnings"),
                ("--verbosity LEVEL", "lm-eval's log level (also shows them)")), 24),
         "",
@@ -148,6 +151,20 @@ def _has_metadata_key(argv: list[str], key: str) -> bool:
     return any(v.startswith(f"{key}=") or f'"{key}"' in v for v in values)
 
 
+def _take(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """Remove ``name VALUE`` / ``name=VALUE`` from ``argv``; the last value given, or None."""
+    out, value, i = [], None, 0
+    while i < len(argv):
+        key, eq, rest = argv[i].partition("=")
+        if key == name and (eq or i + 1 < len(argv)):
+            value = rest if eq else argv[i + 1]
+            i += 1 if eq else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out, value
+
+
 def _take_verbose(argv: list[str]) -> tuple[list[str], bool]:
     """Remove ``-v`` / ``--verbose`` (ours); ``-v LEVEL`` / ``--verbosity`` stay lm-eval's."""
     levels = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -173,6 +190,12 @@ def run(args) -> int:
         print(help_text())
         return 0
     argv, verbose = _take_verbose(argv)
+    argv, pretrained = _take(argv, "--pretrained")
+    argv, muse_data = _take(argv, "--muse_data")
+    if pretrained is not None:  # the model as the other subcommands name it
+        argv += ["--model_args", f"pretrained={pretrained}"]
+    if muse_data is not None:  # the data source as the other subcommands name it
+        argv += ["--metadata", f"muse_data={muse_data}"]
     model = (_values(argv, ("--model", "-M")) or [None])[0]
     if model is None and _values(argv, ("--config", "-C")) is None:
         model = DEFAULT_MODEL
