@@ -24,10 +24,18 @@ def _package_dir(value: str) -> Path:
     return Path(list(module.__path__)[0])  # a namespace package: its (first) folder
 
 
-def test_task_entry_point_resolves_as_upstream_discovery_does():
+def _lm_eval_task_manager():
+    """lm-eval's own TaskManager (``muse-quant eval`` replaces it in-process by a subclass that
+    always adds the MUSE folder; see quantizers/compat.py)."""
     from lm_eval.tasks import TaskManager
 
+    return getattr(TaskManager, "_muse_base", TaskManager)
+
+
+def test_task_entry_point_resolves_as_upstream_discovery_does():
     from harness_ext.plugin import tasks_dir
+
+    TaskManager = _lm_eval_task_manager()
 
     ep = _entry_point("lm_eval.tasks")
     assert ":" not in ep.value  # a package path: #4015 ignores ":attr"
@@ -48,7 +56,6 @@ def test_model_entry_point_is_the_wrapper():
 
 def test_the_old_entry_point_would_find_nothing():
     """What the entry point used to be: #4015 would scan harness_ext/ and find no task."""
-    from lm_eval.tasks import TaskManager
-
+    TaskManager = _lm_eval_task_manager()
     folder = _package_dir("harness_ext.plugin:tasks_dir")
     assert TaskManager(include_path=str(folder), include_defaults=False).all_tasks == []
