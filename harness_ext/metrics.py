@@ -25,6 +25,9 @@ AUC_RETRAIN = {"news": 0.4772, "books": 0.5393}
 AUC_RETRAIN_UNKNOWN = 0.5  # used, with a warning, for data that has no published retrain AUC
 MINK_RATIO = 0.4
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
+#: values the tasks report beside their metrics for the record (the retrain AUC PrivLeak is
+#: relative to): in the results JSON, but not printed or compared as metrics
+CONSTANT_RESULTS = ("privleak_retrain_auc",)
 
 
 @lru_cache(maxsize=1)

@@ -1,8 +1,10 @@
 """How lm-eval finds this plugin: the task directory and the model registration.
 
-lm-eval 0.4.13 has no plugin discovery, so ``muse-quant eval`` calls :func:`register` and passes
-:func:`tasks_dir` as ``--include_path``. The ``lm_eval.models`` / ``lm_eval.tasks`` entry points in
-``pyproject.toml`` point here for lm-eval versions that read them.
+lm-eval 0.4.13 has no plugin discovery, so ``muse-quant eval`` calls :func:`register` and adds
+:func:`tasks_dir` to every TaskManager. For lm-eval versions that read entry points,
+``pyproject.toml`` declares ``lm_eval.models`` -> ``harness_ext.lm:MuseQuantLM`` (upstream PR
+#4013) and ``lm_eval.tasks`` -> the package ``muse_quant_tasks`` (the ``tasks/`` folder; PR #4015
+imports that package and scans its directory; tests/test_plugin.py resolves it the same way).
 """
 
 from __future__ import annotations

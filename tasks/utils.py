@@ -94,7 +94,12 @@ def retrain_auc_reference(corpus: str, source: str, retrain_auc=None) -> tuple[f
 
 
 def privleak_dataset(corpus: str, muse_data=None, hub_revision=None, retrain_auc=None, **kwargs):
-    """Docs ``{text, label, ...}`` alternating forget (label 0) and holdout (label 1)."""
+    """Docs ``{text, label, ...}`` alternating forget (label 0) and holdout (label 1).
+
+    Refuses first, before any request is run, a model without per-token log-probs."""
+    from harness_ext.evaluation.task_check import check_running_model
+
+    check_running_model(f"muse_{corpus}_privleak")
     forget = load_file(corpus, "privleak/forget.json", muse_data, hub_revision)
     holdout = load_file(corpus, "privleak/holdout.json", muse_data, hub_revision)
     source = resolve_source(muse_data)
@@ -114,7 +119,8 @@ def process_privleak(doc, results):
         raise MuseQuantError(
             "the muse_*_privleak tasks need per-token log-probs, which lm-eval's built-in models "
             "do not return (only sums)",
-            "run them with --model muse_quant (the other MUSE tasks also work with --model hf)")
+            "run them with `muse-quant eval --model muse_quant ...` (the other MUSE tasks also "
+            "work with --model hf)")
     score = metrics.mink_score(token_logprobs)
     return {"mink40_auc": (score, doc["label"]),
             "privleak": (score, doc["label"], doc["retrain_auc"]),

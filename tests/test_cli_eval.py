@@ -128,7 +128,8 @@ def test_tasks_dir_command():
 @pytest.mark.slow
 def test_plain_lm_eval_with_include_path(tiny_model_dir, tmp_path):
     """Stock lm_eval finds the tasks via --include_path; generation tasks work with --model hf,
-    and privleak fails with a message that says it needs muse_quant."""
+    and privleak fails (while the tasks are built, before any generation) with a message that
+    says to run it with muse-quant eval --model muse_quant."""
     from harness_ext.plugin import tasks_dir
 
     lm_eval = [sys.executable, "-m", "lm_eval", "--include_path", tasks_dir(), "--model", "hf",
@@ -141,4 +142,5 @@ def test_plain_lm_eval_with_include_path(tiny_model_dir, tmp_path):
     assert "verbmem_rougeL_f1,none" in res["results"]["muse_news_verbmem_f"]
     bad = _console(*lm_eval, "--tasks", "muse_news_privleak")
     assert bad.returncode != 0
-    assert "need per-token log-probs" in bad.stderr and "--model muse_quant" in bad.stderr
+    assert "needs per-token log-probs" in bad.stderr and "--model muse_quant" in bad.stderr
+    assert "muse-quant eval --model muse_quant" in bad.stderr and "stopped before" in bad.stderr

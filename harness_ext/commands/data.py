@@ -2,7 +2,8 @@
 
   muse-quant data --out DIR [--corpus news|books|both]
 
-Then use it with ``--metadata muse_data=DIR`` (``muse_data=embedded`` generates it in memory).
+Then use it with --muse_data DIR (or --metadata muse_data=DIR); muse_data=embedded generates it
+in memory.
 """
 
 from __future__ import annotations

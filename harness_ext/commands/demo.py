@@ -3,7 +3,7 @@
   muse-quant demo                       # NEWS-like toy: build, unlearn, quantize, leaderboard
   muse-quant demo --corpus both --out DIR
   muse-quant demo --fast                # every stage, minimal sizes (the test suite runs it)
-  muse-quant demo --recovery-map [--precisions fp32,bf16]
+  muse-quant demo --recovery_map [--precisions fp32,bf16]
 
 Stages (each cached under --out; a re-run skips finished work, --fresh starts over):
   1. the embedded corpus; 2. base -> target (forget + retain) and retrain (retain) models;
@@ -28,14 +28,14 @@ def add_arguments(parser) -> None:
                         help="minimal sizes, every stage (about a minute; for tests)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete --out first (only a folder this command made)")
-    parser.add_argument("--recovery-map", dest="recovery_map", action="store_true",
+    parser.add_argument("--recovery_map", action="store_true",
                         help="sweep the unlearning lr (x precision) for two methods and plot "
                              "4-bit vs full-precision retained knowledge")
     parser.add_argument("--precisions", default="fp32",
-                        help="with --recovery-map: comma-separated unlearning precisions "
+                        help="with --recovery_map: comma-separated unlearning precisions "
                              "(fp32, bf16, bf16-mixed); bf16 is several times slower on CPU")
     parser.add_argument("--lrs", default=None,
-                        help="with --recovery-map: comma-separated learning rates "
+                        help="with --recovery_map: comma-separated learning rates "
                              "(default 1e-5,3e-5,1e-4,3e-4)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="models unlearned/evaluated at once, one torch thread each "

@@ -1,8 +1,8 @@
 """The paper's setup at full scale (the GPU path): MUSE target -> unlearn -> sweep -> leaderboard.
 
-  muse-quant reproduce --corpus news --dry-run            print the plan, run nothing
+  muse-quant reproduce --corpus news --dry_run            print the plan, run nothing
   muse-quant reproduce --corpus news                      run it here, stage by stage (resumes)
-  muse-quant reproduce --corpus news --emit-slurm DIR     write SLURM job arrays, run nothing
+  muse-quant reproduce --corpus news --emit_slurm DIR     write SLURM job arrays, run nothing
 
 Stages, each an existing command, skipped when its output exists:
   1. hf download muse-bench/MUSE-<Corpus>_target and _retrain into OUT/models/
@@ -14,7 +14,7 @@ Stages, each an existing command, skipped when its output exists:
      method: OUT/results/<model>/<scheme>.json
   4. muse-quant leaderboard add: one full-scale entry per model (slugs full-<corpus>-<model>)
 
---dry-run also prints the expected disk, peak GPU memory and time of every stage, with the
+--dry_run also prints the expected disk, peak GPU memory and time of every stage, with the
 assumptions (throughput: --tflops, --hbm_tbs). The evaluation can also run data-parallel under
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m harness_ext.cli eval ...`
 (on GPUs without ACCELERATE_USE_CPU; see the README).
@@ -60,9 +60,9 @@ def add_arguments(parser) -> None:
                         help="assumed GPU memory bandwidth in TB/s for the estimates")
     parser.add_argument("--gpu_gb", type=float, default=80.0, help="memory of one GPU, GB")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", dest="dry_run", action="store_true",
+    mode.add_argument("--dry_run", action="store_true",
                       help="print the plan and the estimates; run nothing")
-    mode.add_argument("--emit-slurm", dest="emit_slurm", metavar="DIR",
+    mode.add_argument("--emit_slurm", metavar="DIR",
                       help="write SLURM job-array scripts into DIR (new or empty); run nothing")
 
 

@@ -1,4 +1,4 @@
-"""List the quantization schemes accepted by ``quant=`` (model_args) and ``--quant`` (sweeps)."""
+"""List the quantization schemes accepted by quant= (model_args) and --quant (sweeps)."""
 
 from __future__ import annotations
 

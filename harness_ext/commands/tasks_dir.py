@@ -1,4 +1,4 @@
-"""Print the directory of the MUSE task YAMLs, for ``lm_eval --include_path``."""
+"""Print the directory of the MUSE task YAMLs, for lm_eval --include_path."""
 
 from __future__ import annotations
 

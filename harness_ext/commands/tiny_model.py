@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--tie-embeddings", action="store_true")
+    parser.add_argument("--tie_embeddings", action="store_true",
+                        help="tie the input embedding and the LM head")
 
 
 def run(args) -> int:

@@ -23,7 +23,7 @@ behind each choice are in the README, "What the toy shows"):
   full precision about as much as MUSE's baselines do (the paper: ~21% retained). The choice is
   made on full-precision forgetting only, never on the quantized numbers.
 * Precision: fp32 (bf16 on this CPU is several times slower). MUSE trains in bf16, and bf16
-  weights change what survives quantization; ``--recovery-map --precisions fp32,bf16``
+  weights change what survives quantization; ``--recovery_map --precisions fp32,bf16``
   measures that knob.
 """
 

@@ -1,4 +1,4 @@
-"""``muse-quant demo --recovery-map``: where (if anywhere) does 4-bit quantization bring the
+"""``muse-quant demo --recovery_map``: where (if anywhere) does 4-bit quantization bring the
 forgotten text back in the toy?
 
 For each unlearning precision p, method m and learning rate lr (everything else as in the demo):

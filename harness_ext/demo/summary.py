@@ -124,7 +124,7 @@ def format_summary(s: dict) -> str:
     else:
         lines.append("recovery: NO, this toy does not reproduce the paper's recovery: 4-bit "
                      f"quantization brings back < {RECOVERY_POINTS:g} points on average "
-                     "(see `muse-quant demo --recovery-map` for the explored boundary)")
+                     "(see `muse-quant demo --recovery_map` for the explored boundary)")
     lines.append(f"survival = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| at {FOUR} "
                  "(muse-quant diagnose; 0 = quantization erases the whole update)")
     return "\n".join(lines)

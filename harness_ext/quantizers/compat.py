@@ -41,12 +41,32 @@ lm-eval 0.4.13, task discovery (:func:`install_task_manager`)
 lm-eval 0.4.13, command line (:func:`run_lm_eval_cli`)
     ``lm_eval.__main__.cli_evaluate()`` takes no arguments and parses ``sys.argv``; it is run
     with ``sys.argv`` swapped for the given arguments (and restored afterwards).
+
+lm-eval 0.4.13, which model a task is built for (:func:`model_being_evaluated`)
+    A task's dataset builder is not told which model will run it. ``simple_evaluate`` loads the
+    model and then builds the tasks, before running any request; the model is read from its
+    frame so that a task the model cannot score is refused before generating anything
+    (:mod:`harness_ext.evaluation.task_check`).
+
+lm-eval 0.4.13, known-harmless messages (:func:`quiet_lm_eval`)
+    Every run logs, per custom-dataset task, "Custom kwargs can be passed to `--metadata`" (the
+    MUSE tasks already take theirs from ``--metadata``); for the ``muse_<corpus>_quant`` groups,
+    "Higher_is_better values for metric ... are not consistent" (KnowMem is lower-is-better on
+    the forget set and higher-is-better on the retain set, and the group aggregates nothing);
+    and ``git describe`` prints "fatal: not a git repository" outside a checkout (the results
+    still record ``git_hash``, computed the same way). ``-v`` / ``--verbose`` shows them again.
+
+lm-eval 0.4.13, constants in the printed table (:func:`hide_constants_in_table`)
+    Every value a task's ``process_results`` returns is printed as a metric. The retrain AUC
+    that PrivLeak is relative to (``privleak_retrain_auc``) stays in the results JSON for the
+    record, but ``muse-quant eval`` prints it as a note under the table, not as a metric row.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 
 log = logging.getLogger(__name__)
@@ -162,3 +182,99 @@ def run_lm_eval_cli(argv: list[str]) -> None:
         cli_evaluate()
     finally:
         sys.argv = old_argv
+
+
+# ------------------------------------------------------------------------------ lm-eval tasks
+def model_being_evaluated():
+    """``(model, model name, requested task names)`` of the ``lm_eval.simple_evaluate`` call this
+    code runs inside, or None outside one (or before it has loaded the model)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "simple_evaluate" and \
+                frame.f_globals.get("__name__") == "lm_eval.evaluator":
+            lm = frame.f_locals.get("lm")
+            if lm is None:
+                return None
+            model = frame.f_locals.get("model")
+            name = model if isinstance(model, str) else type(lm).__name__
+            tasks = frame.f_locals.get("tasks")
+            tasks = [tasks] if isinstance(tasks, str) else \
+                [t for t in (tasks or []) if isinstance(t, str)]
+            return lm, name, tasks
+        frame = frame.f_back
+    return None
+
+
+# ------------------------------------------------------------------------------ lm-eval output
+#: (logger, start of the message) of the known-harmless lm-eval messages
+HARMLESS_MESSAGES = (
+    ("lm_eval.api.task", "Custom kwargs can be passed to `--metadata`"),
+    ("lm_eval.evaluator_utils", "Higher_is_better values for metric"),
+)
+
+
+class _HarmlessFilter(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(start in message[:200] for start in self.starts)
+
+
+def _quiet_git_commit_hash():
+    """lm-eval's ``get_git_commit_hash`` with git's stderr silenced (same value)."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"],  # noqa: S607
+                                       stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
+
+
+def quiet_lm_eval(verbose: bool = False) -> None:
+    """Silence lm-eval's known-harmless messages (module docstring); ``verbose`` undoes it."""
+    import lm_eval.evaluator as evaluator
+    import lm_eval.loggers.utils as logger_utils
+
+    by_logger: dict[str, tuple[str, ...]] = {}
+    for name, start in HARMLESS_MESSAGES:
+        by_logger[name] = by_logger.get(name, ()) + (start,)
+    for name, starts in by_logger.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _HarmlessFilter)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(_HarmlessFilter(starts))
+    evaluator.get_git_commit_hash = logger_utils.get_git_commit_hash if verbose else \
+        _quiet_git_commit_hash
+
+
+def hide_constants_in_table(constants: tuple[str, ...]) -> None:
+    """Make lm-eval's printed table leave out ``constants`` (they stay in the results JSON) and
+    name their values in a note under it."""
+    import lm_eval.utils as lm_utils
+
+    original = getattr(lm_utils.make_table, "_muse_original", lm_utils.make_table)
+
+    def make_table(result_dict, column: str = "results", sort_results: bool = False):
+        shown, notes = dict(result_dict), []
+        table = {}
+        for task, values in (result_dict.get(column) or {}).items():
+            kept = {}
+            for key, value in values.items():
+                metric = key.partition(",")[0].removesuffix("_stderr")
+                if metric in constants:
+                    if not key.partition(",")[0].endswith("_stderr"):
+                        notes.append(f"{task}: {metric} = {value}")
+                    continue
+                kept[key] = value
+            table[task] = kept
+        shown[column] = table
+        text = original(shown, column, sort_results)
+        return text + "".join(f"\n{note} (a constant, not a metric)" for note in notes)
+
+    make_table._muse_original = original
+    lm_utils.make_table = make_table

@@ -3,7 +3,7 @@
 A plan is a list of :class:`Stage` objects, each one existing ``muse-quant`` command (``hf
 download``, ``unlearn``, ``sweep``, ``leaderboard add``) with the file that marks it done and an
 estimate of its disk, GPU memory and time. ``reproduce`` runs the stages in order (skipping the
-done ones), prints them (``--dry-run``) or writes them as SLURM job arrays (``--emit-slurm``).
+done ones), prints them (``--dry_run``) or writes them as SLURM job arrays (``--emit_slurm``).
 Nothing here imports torch or needs the hub, so planning is instant and works on any machine.
 The methods are every method the package registers; their settings come from
 :mod:`harness_ext.recipes`, their command lines from

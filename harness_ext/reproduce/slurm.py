@@ -1,4 +1,4 @@
-"""The plan as SLURM job arrays (``muse-quant reproduce --emit-slurm DIR``): one array per stage
+"""The plan as SLURM job arrays (``muse-quant reproduce --emit_slurm DIR``): one array per stage
 kind, one task per line of its cells file, chained by ``afterok`` dependencies in ``submit.sh``."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ eval "$CMD"
 """
 
 SUBMIT = """#!/bin/bash
-# Submit the reproduction as dependent SLURM jobs (written by muse-quant reproduce --emit-slurm).
+# Submit the reproduction as dependent SLURM jobs (written by muse-quant reproduce --emit_slurm).
 # fetch -> unlearn array (one method per task) -> sweep array (one model x scheme per task)
 # -> leaderboard entries. afterok: a later array starts when every task of the earlier one
 # succeeded. Re-running this script resubmits; finished cells exit at once.
@@ -43,7 +43,7 @@ def emit_slurm(plan: Plan, directory: str | Path) -> dict:
     """Write the SLURM scripts into an empty/new ``directory``; returns ``{name: path}``."""
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
-        raise MuseQuantError(f"--emit-slurm {d} exists and is not an empty folder",
+        raise MuseQuantError(f"--emit_slurm {d} exists and is not an empty folder",
                              "pass a new folder (nothing is overwritten)")
     d.mkdir(parents=True, exist_ok=True)
     cwd = shlex.quote(str(Path.cwd()))
