@@ -249,7 +249,9 @@ def test_sweep_target_and_compare_on_the_tiny_model(tiny_model_dir, small_model_
         assert t["verbmem_rougeL_f1,none"] > 0  # the tiny model was trained on these texts
         assert row["retained"] == pytest.approx(100 * u["verbmem_rougeL_f1,none"]
                                                 / t["verbmem_rougeL_f1,none"])
-        assert row["retained_ci"] is None  # the sweep writes no per-document values (yet)
+        # the sweep's .samples.jsonl gives per-document values, so intervals
+        low, high = row["retained_ci"]
+        assert low <= row["retained"] + 1e-9 and row["retained"] <= high + 1e-9
 
     # lm_eval --log_samples output: per-document values, so intervals
     for model_dir, folder in ((tiny_model_dir, "t"), (small_model_dir, "u")):

@@ -37,10 +37,25 @@ def doc_scores(results_path) -> dict | None:
     """Per-document values beside a results file: ``{task: {metric: {doc_id: value}}}``, or
     None when there are none.
 
-    Reads what ``lm_eval --log_samples`` writes next to ``results_<date>.json``: one
-    ``samples_<task>_<date>.jsonl`` per task (numeric per-document metrics, filter ``none``).
+    Reads the ``<scheme>.samples.jsonl`` a sweep writes beside ``<scheme>.json``
+    (:mod:`harness_ext.evaluation.samples`), or else what ``lm_eval --log_samples`` writes next
+    to ``results_<date>.json``: one ``samples_<task>_<date>.jsonl`` per task (numeric
+    per-document metrics, filter ``none``).
     """
+    from . import samples
+
     path = Path(results_path)
+    sweep_samples = samples.samples_path(path)
+    if sweep_samples.is_file():
+        found: dict = {}
+        for line in samples.read(sweep_samples)["tasks"]:
+            if line["filter"] != "none":
+                continue
+            for name, entry in line["metrics"].items():
+                if all(samples.is_number(v) for v in entry["values"]):
+                    found.setdefault(line["task"], {})[name] = {
+                        doc: float(v) for doc, v in zip(line["doc_id"], entry["values"])}
+        return found or None
     if not path.name.startswith("results_"):
         return None
     stamp = path.stem[len("results_"):]

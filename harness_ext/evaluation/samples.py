@@ -169,11 +169,11 @@ def loads(text: str, where: str = "samples") -> dict:
 
 def _is_value(value) -> bool:
     if isinstance(value, list):
-        return 0 < len(value) <= 8 and all(_is_number(v) for v in value)
-    return _is_number(value)
+        return 0 < len(value) <= 8 and all(is_number(v) for v in value)
+    return is_number(value)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
