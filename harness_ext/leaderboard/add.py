@@ -7,9 +7,7 @@ Copies the ``<scheme>.json`` results files byte for byte, hashes the checkpoint,
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,44 +21,21 @@ from ..recipes import CORPORA, REQUIRED_SCHEMES
 from .entry import ENTRY_FILE, KINDS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, data_source_kind
 from .validator import load_board, load_entry, schema_problems, target_problems
 
-CHUNK = 1 << 20
-
-
-def _file_sha256(path: Path, bar=None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 def checkpoint_sha256(path: str | Path, progress: bool = False) -> tuple[str, str]:
-    """``(hex digest, "file" | "directory")``.
+    """``(hex digest, "file" | "directory")``: :func:`harness_ext.hashing.content_sha256`, the hash
+    the sweep records in the results (``config.muse_quant.unlearned.sha256``).
 
     A file: sha256 of its bytes. A directory: sha256 of the ``sha256sum`` listing of its files
-    (links followed) in sorted relative-path order, i.e. the output of
+    (links followed, loops skipped) in sorted relative-path order, i.e. the output of
     ``cd DIR && find -L . -type f | sed 's|^\\./||' | LC_ALL=C sort | xargs sha256sum | sha256sum``.
     """
+    from ..hashing import content_sha256
+
     path = Path(path)
-    if path.is_file():
-        return _file_sha256(path), "file"
-    if not path.is_dir():
+    if not path.exists():
         raise MuseQuantError(f"checkpoint {path} not found",
                              "pass the unlearned checkpoint (file or folder) with --checkpoint")
-    files = sorted((Path(d) / f).relative_to(path).as_posix()
-                   for d, _, names in os.walk(path, followlinks=True) for f in names
-                   if (Path(d) / f).is_file())
-    if not files:
-        raise MuseQuantError(f"checkpoint folder {path} has no files", "pass the right folder")
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum((path / f).stat().st_size for f in files), unit="B", unit_scale=True,
-               desc="checkpoint sha256", disable=not progress)
-    listing = "".join(f"{_file_sha256(path / f, bar)}  {f}\n" for f in files)
-    bar.close()
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest(), "directory"
+    return content_sha256(path, progress=progress)
 
 
 def find_results(results_dir: str | Path) -> dict[str, Path]:
