@@ -3,11 +3,11 @@
   muse-quant quantize --pretrained DIR [--unlearned CKPT] --quant SCHEME --out DIR [--overwrite]
       [--dtype auto] [--calib generic|forget|retain|FILE]
 
-The model is loaded, unlearned and quantized exactly as ``--model muse_quant`` does for lm-eval,
+The model is loaded, unlearned and quantized exactly as `--model muse_quant` does for lm-eval,
 and written with its **dequantized float weights** (safetensors), config and tokenizer, plus
-``quantization.json`` (the scheme, the modules quantized, the unlearned checkpoint, versions).
-Load it elsewhere with ``AutoModelForCausalLM.from_pretrained(DIR)`` to inspect, diff or
-evaluate it. Real-kernel schemes (``*-real``) are written as float layers holding the weights
+`quantization.json` (the scheme, the modules quantized, the unlearned checkpoint, versions).
+Load it elsewhere with `AutoModelForCausalLM.from_pretrained(DIR)` to inspect, diff or
+evaluate it. Real-kernel schemes (`*-real`) are written as float layers holding the weights
 their bitsandbytes layers dequantize to (noted in quantization.json). A non-empty --out is
 refused unless --overwrite.
 """

@@ -5,7 +5,7 @@
       --tasks muse_news_quant --output_path OUT [--muse_data embedded] \\
       [--limit N] [--device cpu] [--batch_size 8] [--target TARGET_SWEEP_DIR]
 
-Writes OUT/<scheme>.json (":" becomes ``_``: OUT/rtn_4_g128.json), each what
+Writes OUT/<scheme>.json (":" becomes "_": OUT/rtn_4_g128.json), each what
 `muse-quant eval --model muse_quant --model_args ...,quant=<scheme> --output_path` would
 write, plus OUT/<scheme>.samples.jsonl (every document's score) and OUT/provenance.json (what
 produced the folder). Schemes whose file exists are skipped (run again to resume) when the

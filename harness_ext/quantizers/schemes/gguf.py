@@ -35,8 +35,14 @@ if TYPE_CHECKING:
     import torch
 
 from ..base import QUANTIZERS, Quantizer, bad_scheme
-from .. import gguf_kquants as kq
 from ...errors import MuseQuantError
+
+
+def _kq():
+    """The numpy K-quant module, imported on first use (describing a scheme needs no numpy)."""
+    from .. import gguf_kquants
+
+    return gguf_kquants
 
 SINGLE_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 MIXES = ("q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m")
@@ -53,10 +59,10 @@ _BLOCK_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(" + "|".join(
 
 def shape_fallback(ggml_type: str, n_per_row: int) -> str:
     """The type llama.cpp uses when ``n_per_row`` does not fit ``ggml_type``'s blocks."""
-    if n_per_row % kq.BLOCK_SIZES[ggml_type][0] == 0:
+    if n_per_row % _kq().BLOCK_SIZES[ggml_type][0] == 0:
         return ggml_type
     other = _FALLBACK.get(ggml_type, ggml_type)
-    return other if n_per_row % kq.BLOCK_SIZES[other][0] == 0 else "F16"
+    return other if n_per_row % _kq().BLOCK_SIZES[other][0] == 0 else "F16"
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -76,7 +82,7 @@ def mix_type(mix: str, category: str, i_layer: int | None, n_layers: int, n_per_
     """
     default = {"q3": "Q3_K", "q4": "Q4_K", "q5": "Q5_K"}[mix[:2]]
     if category == "output" or (tied and category == "token_embd"):
-        return "Q8_0" if n_per_row % kq.QK_K else "Q6_K"
+        return "Q8_0" if n_per_row % _kq().QK_K else "Q6_K"
     new = default
     if category == "attn_v":
         if mix == "q3_k_m":
@@ -117,7 +123,7 @@ def fake_quantize_tensor(weight: torch.Tensor, ggml_type: str) -> torch.Tensor:
     import torch
 
     source = weight.detach().to("cpu", torch.float32).numpy()
-    return torch.from_numpy(kq.fake_quantize(source, ggml_type)).to(weight.dtype)
+    return torch.from_numpy(_kq().fake_quantize(source, ggml_type)).to(weight.dtype)
 
 
 @dataclass
