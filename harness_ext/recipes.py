@@ -85,3 +85,12 @@ RECOVERY_MAP_SCHEMES = ("none", "bnb-fp4")
 #: ``--klr_reduction sum`` and keep alpha as published (equivalently: alpha x T with ``mean``).
 KLR_SUFFIX = "_klr"
 PAPER_KLR_REDUCTION = "sum"
+
+
+# ---------------------------------------------------------------- the demo's methods
+#: the demo: the six MUSE baselines and the paper's two SURE settings
+DEMO_METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_gdr_sure", "npo_klr_sure")
+#: ``demo --fast``: one baseline and one SURE variant
+DEMO_FAST_METHODS = ("ga_gdr", "npo_klr_sure")
+#: the recovery map's methods (``demo --recovery_map``; ``--fast``: the first only)
+RECOVERY_MAP_METHODS = ("ga_gdr", "npo_gdr")

@@ -33,11 +33,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from ..recipes import DEMO_SCHEMES, SURE_PAPER, SURE_SUFFIX
+from ..recipes import (DEMO_FAST_METHODS, DEMO_METHODS, DEMO_SCHEMES, RECOVERY_MAP_METHODS,
+                       SURE_PAPER, SURE_SUFFIX)
 from ..unlearning.config import UnlearnConfig
 
-#: the six MUSE baselines and the SURE variants the issue asks for
-METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_gdr_sure", "npo_klr_sure")
+#: the six MUSE baselines and the paper's two SURE settings
+METHODS = DEMO_METHODS
 #: the sweep: full precision, bitsandbytes int8 and FP4 (the paper's 4-bit), RTN, GPTQ and AWQ
 SCHEMES = DEMO_SCHEMES
 
@@ -124,7 +125,7 @@ class DemoConfig:
     calib_samples: int = 4
     calib_seqlen: int = 256
     #: the recovery map: methods x learning rates (x precisions), VerbMem only
-    map_methods: tuple[str, ...] = ("ga_gdr", "npo_gdr")
+    map_methods: tuple[str, ...] = RECOVERY_MAP_METHODS
     map_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)  # the demo's lr is 1e-4
 
     def to_json(self) -> dict:
@@ -142,13 +143,13 @@ DEFAULT = DemoConfig()
 #: ``--fast``: every stage, two methods, a short recipe, 4 documents per task (for the tests)
 FAST = DemoConfig(
     name="fast",
-    methods=("ga_gdr", "npo_klr_sure"),
+    methods=DEMO_FAST_METHODS,
     schemes=DEMO_SCHEMES,
     model=replace(ModelRecipe(), num_hidden_layers=2, generic_docs=24, pretrain_epochs=1,
                   finetune_epochs=2, finetune_qa_shuffles=1, max_len=256),
     unlearn=replace(UnlearnRecipe(), max_steps=2),
     eval_limit=4,
     calib_samples=4,
-    map_methods=("ga_gdr",),
+    map_methods=RECOVERY_MAP_METHODS[:1],
     map_lrs=(1e-5, 1e-3),
 )
