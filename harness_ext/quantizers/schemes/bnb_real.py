@@ -105,6 +105,16 @@ def _repacked_4bit_weight(packed: torch.Tensor, quant_state) -> torch.Tensor:
     return (code.reshape(-1, quant_state.blocksize) * absmax[:, None]).reshape(quant_state.shape)
 
 
+def _frozen_with_bias(module, linear):
+    """``module`` with a copy of ``linear``'s bias (if any), frozen: the end of ``make_module``."""
+    from torch import nn
+
+    if linear.bias is not None:
+        module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    module.requires_grad_(False)
+    return module
+
+
 class _BnbReal(Quantizer):
     fake = False
     family = FAMILY
@@ -181,7 +191,6 @@ class _Bnb4bitReal(_BnbReal):
 
     def make_module(self, linear, config):
         import torch
-        from torch import nn
 
         bnb = _bnb()
         with torch.device("meta"):
@@ -197,10 +206,7 @@ class _Bnb4bitReal(_BnbReal):
             compress_statistics=config.bnb_4bit_use_double_quant,
             quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage,
             module=module).to(weight.device)
-        if linear.bias is not None:
-            module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        module.requires_grad_(False)
-        return module
+        return _frozen_with_bias(module, linear)
 
     def quantize_weight(self, weight):
         """The weight the kernel computes with (bitsandbytes' own quantize/dequantize)."""
@@ -252,7 +258,6 @@ class BnbInt8Real(_BnbReal):
 
     def make_module(self, linear, config):
         import torch
-        from torch import nn
 
         bnb = _bnb()
         with torch.device("meta"):
@@ -264,10 +269,7 @@ class BnbInt8Real(_BnbReal):
         module.weight = bnb.nn.Int8Params(weight.to("cpu", copy=True), requires_grad=False,
                                           has_fp16_weights=config.llm_int8_has_fp16_weight
                                           ).to(weight.device)
-        if linear.bias is not None:
-            module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        module.requires_grad_(False)
-        return module
+        return _frozen_with_bias(module, linear)
 
     def quantize_weight(self, weight):
         """The dequantized int8 weight: float16 cast, per-row absmax / 127 (as Int8Params)."""
