@@ -259,3 +259,21 @@ def test_labels_of_stacked_entries_do_not_overlap():
                         and b[2] < a[3] - 1e-9), (a, b)
     assert sum(s["moved"] for s in spots.values()) >= 8  # with leader lines to the point
     assert spots == plot.place_labels(entries, xlim, ylim)  # no randomness
+
+
+def test_submitted_names_are_plain_plot_labels():
+    """A name with mathtext dollars or newlines is drawn as text, cut to MAX_LABEL characters."""
+    import io
+
+    import matplotlib
+
+    label = plot.short_label("a $x^$ name\nwith a line break and more words than fit")
+    assert label == "a \\$x^\\$ name with a line bre…" and len(label) - 2 == plot.MAX_LABEL
+    panel = {"title": "t", "gate": 50.0, "entries": [
+        {"slug": "a", "label": label, "colour": "#000000", "utility_lost": False,
+         "points": {"none": [90.0, 10.0], "bnb-fp4": [80.0, 60.0]}}]}
+    with matplotlib.rc_context():
+        matplotlib.rcParams.update(plot.RC)
+        buffer = io.BytesIO()
+        plot._figure([panel], "x").savefig(buffer, format="svg")
+    assert "a $x^$ name with a line bre…".encode() in buffer.getvalue()
