@@ -62,13 +62,17 @@ def paper_hyperparameters(corpus: str, method: str, sure_threshold: str | None =
 FULL_PRECISION = "none"
 #: the paper's 4-bit: bitsandbytes FP4 (the leaderboard sorts by it, the demo reports it)
 PAPER_4BIT = "bnb-fp4"
-#: the leaderboard's precision columns, in display order: (scheme, column label)
-LEADERBOARD_PRECISIONS = (("none", "full"), ("bnb-int8", "8-bit"), ("bnb-fp4", "4-bit FP4"),
+#: the leaderboard's main table: retained knowledge at these precisions, in display order,
+#: as (scheme, column label); 8-bit is LLM.int8 as the paper ran it (``bnb-int8-real``)
+LEADERBOARD_PRECISIONS = (("none", "full"), ("bnb-int8-real", "8-bit"), ("bnb-fp4", "4-bit FP4"),
                           ("gptq:4", "GPTQ-4"), ("awq:4", "AWQ-4"))
 #: the leaderboard's 4-bit columns (retained knowledge compared with full precision)
 LEADERBOARD_4BIT = ("bnb-fp4", "gptq:4", "awq:4")
-#: the leaderboard plot's marker per precision
-LEADERBOARD_MARKERS = {"none": "o", "bnb-int8": "s", "bnb-fp4": "^", "gptq:4": "D", "awq:4": "v"}
+#: the leaderboard's "deployment formats" section: the files people download and serve
+LEADERBOARD_DEPLOYMENT = (("gguf:q4_k_m", "GGUF Q4_K_M"), ("gguf:q8_0", "GGUF Q8_0"),
+                          ("fp8:e4m3", "FP8 E4M3"))
+#: the leaderboard plot's marker per precision (it draws full precision -> 4-bit FP4)
+LEADERBOARD_MARKERS = {"none": "o", "bnb-fp4": "^"}
 #: the demo's sweep: full precision, bitsandbytes int8 and FP4, RTN, GPTQ and AWQ
 DEMO_SCHEMES = ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
 #: the schemes the demo's ``diagnose`` stage reports

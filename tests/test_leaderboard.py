@@ -246,8 +246,12 @@ def test_retained_knowledge_by_hand(tmp_path):
     assert sorted(e.slug for e in group.baselines()) == ["ga-klr", "npo-gdr", "npo-klr"]
     assert group.average_retained("none") == pytest.approx(20.0)  # (20 + 10 + 30) / 3
     assert group.average_retained("bnb-fp4") == pytest.approx(80.0)  # (75 + 90 + 75) / 3
-    # lowest 4-bit retained first; npo-klr ties npo-gdr at 75% and wins on KnowMem_r 28 > 25
-    assert [e.slug for e in group.methods] == ["sure", "ga", "npo-klr", "npo-gdr", "ga-klr"]
+    # lowest 4-bit retained first; npo-klr ties npo-gdr at 75% and wins on KnowMem_r 28 > 25;
+    # ga (KnowMem_r 0: utility kept 0% < the verdict's gate) is listed apart, after them all
+    assert [e.slug for e in group.methods] == ["sure", "npo-klr", "npo-gdr", "ga-klr", "ga"]
+    assert [e.slug for e in group.ranked] == ["sure", "npo-klr", "npo-gdr", "ga-klr"]
+    assert [e.slug for e in group.utility_lost] == ["ga"]
+    assert group.utility(by_slug["npo-gdr"], "bnb-fp4") == pytest.approx(100 * 25 / 25)
     assert scores.retained(3.0, 0.0) is None and scores.retained(None, 40.0) is None
 
 
@@ -312,22 +316,38 @@ def test_recovery_rule_by_hand(full, four, expected):
     assert scores.recovered(full, four) is expected
 
 
+def _values(text: str) -> str:
+    """A README line without its <sub> notes (intervals, "CI n/a"): the values alone."""
+    import re
+
+    return re.sub(r" ?<sub>.*?</sub>", "", text)
+
+
 def test_readme_table_by_hand(tmp_path):
     board = load_board(hand_board(tmp_path / "lb"))
     readme = builder.render_readme(board)
     assert readme.startswith(builder.GENERATED_MARK)
-    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    main_table, rest = readme.split("#### Utility lost", 1)
+    rows = [_values(line) for line in main_table.splitlines() if line.startswith("| ")]
     order = [next(s for s in ("target", "retrain", "sure", "ga-klr", "ga", "npo-klr", "npo-gdr")
                   if f"[`{s}`]" in row) for row in rows[1:]]
-    assert order == ["target", "retrain", "sure", "ga", "npo-klr", "npo-gdr", "ga-klr"]
+    # ga (utility kept 0%) is not in the ranked table but apart, below it
+    assert order == ["target", "retrain", "sure", "npo-klr", "npo-gdr", "ga-klr"]
+    lost = [line for line in rest.split("**Retained knowledge")[0].splitlines()
+            if line.startswith("| ") and "[`" in line]
+    assert len(lost) == 1 and "[`ga`]" in lost[0] and lost[0].startswith("| — |")
     row = {s: r for s, r in zip(order, rows[1:])}
-    # rank | entry | scale | retained full | retained FP4 (change) | 4 metrics x 3 precisions
-    assert "| 4 | **NPO\\_GDR**" in row["npo-gdr"]
-    assert "| toy | 20.0% | 75.0% (+55.0) | 10.0 | 40.0 | -90.0 | 30.0 | 10.0 |" in row["npo-gdr"]
-    assert "| 10.0% | 90.0% (+80.0) |" in row["ga-klr"]
-    assert "| 100.0% | 100.0% (±0.0) | 50.0 |" in row["target"]
-    assert "| 20.0% | 30.0% (+10.0) |" in row["retrain"]
-    assert rows[0].count("VerbMem_f ↓") == 3 and "GPTQ-4" not in rows[0]
+    # rank | entry | retained full, 8-bit, FP4 (Δ), GPTQ-4, AWQ-4 | utility kept | verdict
+    assert "| 3 | **NPO\\_GDR**" in row["npo-gdr"]
+    assert "| 20.0% | — | 75.0%<br>Δ +55.0 | — | — | 100.0%<br> | **recovers** |" \
+        in row["npo-gdr"]
+    assert "| 10.0% | — | 90.0%<br>Δ +80.0 |" in row["ga-klr"]
+    assert "| 100.0% | — | 100.0% | — | — | 100.0%<br> | reference |" in row["target"]
+    assert "| 20.0% | — | 30.0%<br>Δ +10.0 |" in row["retrain"]
+    # the four metrics, per precision, in <details> (none, bnb-int8, bnb-fp4; no gptq:4)
+    assert "| [`npo-gdr`](#news-npo-gdr) | 10.0 | 40.0 | -90.0 | 30.0 | 20.0% | 100.0% |" \
+        in _values(readme)
+    assert readme.count("| Entry | VerbMem_f ↓") == 3 and "<code>gptq:4</code>" not in readme
     assert ("(GA\\_KLR, NPO\\_GDR, NPO\\_KLR; n = 3): 20.0% → 80.0% at 4-bit FP4" in readme or
             "(NPO\\_KLR, NPO\\_GDR, GA\\_KLR; n = 3): 20.0% → 80.0% at 4-bit FP4" in readme)
 
@@ -342,10 +362,11 @@ def test_gptq_columns_appear_when_present(tmp_path):
     assert board.problems == []
     readme = builder.render_readme(board)
     header = next(line for line in readme.splitlines() if line.startswith("| #"))
-    assert "Retained<br>GPTQ-4 (Δ)" in header and "AWQ-4" not in header
-    row = next(line for line in readme.splitlines() if "[`npo-gdr`]" in line)
-    assert "| 20.0% | 75.0% (+55.0) | 85.0% (+65.0) |" in row  # 17 / 20
-    assert "at GPTQ-4" not in readme  # not every baseline has gptq:4
+    assert "Retained<br>GPTQ-4" in header and "Retained<br>AWQ-4" in header
+    row = _values(next(line for line in readme.splitlines() if "[`npo-gdr`]" in line))
+    assert "| 20.0% | — | 75.0%<br>Δ +55.0 | 85.0%<br>Δ +65.0 | — |" in row  # 17 / 20; no AWQ
+    assert "GPTQ-4 (<code>gptq:4</code>)" in readme  # its metrics block
+    assert "% at GPTQ-4" not in readme  # not every baseline has gptq:4: no average
 
 
 def test_submitted_text_cannot_break_the_table(tmp_path):
@@ -386,12 +407,12 @@ def test_check_fails_on_hand_edited_readme(tmp_path):
     report = check(root)
     assert report.ok, report.stale
     readme = root / "README.md"
-    edited = readme.read_text().replace("| 10.0% |", "| 1.0% |")  # npo-klr: 5 / 50
+    edited = readme.read_text().replace("| 10.0% <sub>", "| 1.0% <sub>")  # npo-klr: 5 / 50
     assert edited != readme.read_text()
     readme.write_text(edited)
     report = check(root)
     assert not report.ok and len(report.stale) == 1
-    assert any(line.startswith("-") and "| 1.0% |" in line
+    assert any(line.startswith("-") and "| 1.0% <sub>" in line
                for line in report.stale[0].splitlines())
     assert main(["leaderboard", "check", "--root", str(root)]) == 1
 
@@ -506,7 +527,7 @@ def test_add_end_to_end(tmp_path, capsys):
     assert main(["leaderboard", "build", "--root", str(root)]) == 0
     assert main(["leaderboard", "check", "--root", str(root)]) == 0
     readme = (root / "README.md").read_text()
-    assert "| 12.0% | 75.0% (+63.0) |" in readme  # 6 / 50, 30 / 40
+    assert "| 12.0% | — | 75.0%<br>Δ +63.0 |" in _values(readme)  # 6 / 50, 30 / 40
 
 
 def test_add_refuses_invalid_results_and_leaves_nothing(tmp_path, capsys):

@@ -29,16 +29,25 @@ def align(columns: Sequence[dict]) -> list[list[float]]:
     return [[float(column[d]) for d in docs] for column in columns]
 
 
-def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """``100 * mean(numerator) / mean(denominator)``; nan when the denominator's mean is 0."""
-    den = sum(denominator)
-    return math.nan if den == 0 else 100.0 * sum(numerator) / den
+def ratio(numerator, denominator):
+    """``100 * mean(numerator) / mean(denominator)``; nan when the denominator's mean is 0.
+    Sequences give a float; numpy arrays give one value per row (the last axis is documents)."""
+    if not hasattr(denominator, "ndim"):
+        den = sum(denominator)
+        return math.nan if den == 0 else 100.0 * sum(numerator) / den
+    import numpy as np
+
+    num, den = np.sum(numerator, axis=-1), np.sum(denominator, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den == 0, np.nan, 100.0 * num / np.where(den == 0, 1.0, den))
 
 
 def paired_ci(statistic: Callable[..., float], columns: Sequence[Sequence[float]],
               resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = BOOTSTRAP_CONFIDENCE,
               seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
-    """Percentile interval of ``statistic(*resampled columns)`` (module docstring)."""
+    """Percentile interval of ``statistic(*resampled columns)`` (module docstring). The
+    statistic is called once, on ``(resamples, n)`` arrays (one row per resample), and returns
+    one value per resample, as :func:`ratio` does."""
     import numpy as np
 
     data = np.asarray(columns, dtype=float)
@@ -46,13 +55,12 @@ def paired_ci(statistic: Callable[..., float], columns: Sequence[Sequence[float]
         return None
     n = data.shape[1]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        picked = data[:, rng.integers(0, n, size=n)]
-        value = statistic(*picked)
-        if math.isfinite(value):
-            values.append(value)
-    if not values:
+    # all resamples at once: the same indices as drawing them one resample after the other;
+    # the statistic gets (resamples, n) arrays and returns one value per resample
+    picked = data[:, rng.integers(0, n, size=(resamples, n))]
+    values = np.asarray(statistic(*picked), dtype=float).reshape(-1)
+    values = values[np.isfinite(values)]
+    if not values.size:
         return None
     alpha = (1 - confidence) / 2
     low, high = np.percentile(values, [100 * alpha, 100 * (1 - alpha)])

@@ -24,8 +24,16 @@ full precision (``retained_full <= 100 - RECOVERY_POINTS``) and 4-bit retains at
 the first condition a barely-unlearned model whose 4-bit score drifts above the target's
 (VerbMem_f of the target itself moves by a few points between schemes) would count.
 
-Rows are sorted by retained knowledge at 4-bit FP4 (the paper's 4-bit, ``bnb-fp4``), lowest first,
-ties broken by utility (KnowMem_r at 4-bit FP4, highest first), then by slug.
+Utility kept (:mod:`harness_ext.evaluation.verdict`)::
+
+    utility(entry, scheme) = 100 * KnowMem_r(entry, scheme) / KnowMem_r(target, scheme)
+
+Row order (the ranking rule). A method whose verdict is *utility lost* (utility kept at full
+precision below the verdict's gate, :data:`harness_ext.evaluation.verdict.UTILITY_GATE`: the model
+was damaged rather than unlearned) is never ranked: it is listed apart, after every method that
+kept utility. Within each part, rows are sorted by retained knowledge at 4-bit FP4 (the paper's
+4-bit, ``bnb-fp4``), lowest first, ties broken by utility (KnowMem_r at 4-bit FP4, highest first),
+then by slug. A method without a retained value at 4-bit FP4 comes last in its part.
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ import re
 from dataclasses import dataclass
 
 from ..errors import MuseQuantError
-from ..recipes import (FULL_PRECISION, LEADERBOARD_4BIT, LEADERBOARD_PRECISIONS, PAPER_4BIT,
-                       REQUIRED_SCHEMES)
+from ..recipes import (FULL_PRECISION, LEADERBOARD_4BIT, LEADERBOARD_DEPLOYMENT,
+                       LEADERBOARD_PRECISIONS, PAPER_4BIT)
 from .entry import Board, Entry
 
-# (scheme, column label); full, 8-bit and FP4 are on every entry, GPTQ/AWQ shown when present
+# (scheme, column label): the main table's precisions, and the deployment formats' section
 PRECISIONS = LEADERBOARD_PRECISIONS
+DEPLOYMENT = LEADERBOARD_DEPLOYMENT
 FULL = FULL_PRECISION
 FOUR_BIT = LEADERBOARD_4BIT
 SORT_SCHEME = PAPER_4BIT
@@ -93,11 +102,31 @@ class Group:
     corpus: str
     target: Entry
     references: list[Entry]  # target first, then retrain entries
-    methods: list[Entry]  # sorted, best (lowest 4-bit retained knowledge) first
-    schemes: list[str]  # precisions shown, in PRECISIONS order
+    methods: list[Entry]  # in row order (module docstring): ranked ones, then utility lost
+    schemes: list[str]  # every scheme an entry of the group has (display order, scheme_order)
 
     def retained(self, entry: Entry, scheme: str) -> float | None:
         return retained(entry.value(scheme, "verbmem_f"), self.target.value(scheme, "verbmem_f"))
+
+    def utility(self, entry: Entry, scheme: str) -> float | None:
+        """Utility kept %: KnowMem_r relative to the target's at the same precision."""
+        return retained(entry.value(scheme, "knowmem_r"), self.target.value(scheme, "knowmem_r"))
+
+    def lost_utility(self, entry: Entry) -> bool:
+        """The verdict is *utility lost* (its gate, on utility kept at full precision)."""
+        from ..evaluation import verdict
+
+        return verdict.verdict(None, {}, self.utility(entry, FULL))[0] == verdict.UTILITY_LOST
+
+    @property
+    def ranked(self) -> list[Entry]:
+        """The methods that kept utility, best first."""
+        return [e for e in self.methods if not self.lost_utility(e)]
+
+    @property
+    def utility_lost(self) -> list[Entry]:
+        """The methods listed apart (never ranked above one that kept utility)."""
+        return [e for e in self.methods if self.lost_utility(e)]
 
     def baselines(self) -> list[Entry]:
         return [e for e in self.methods if is_utility_constrained_baseline(e)]
@@ -112,10 +141,17 @@ class Group:
 
 
 def sort_key(group: Group, entry: Entry) -> tuple:
+    """The ranking rule (module docstring): utility lost last, then retained at 4-bit FP4."""
     kept = group.retained(entry, SORT_SCHEME)
     utility = entry.value(SORT_SCHEME, "knowmem_r")
-    return (kept is None, kept if kept is not None else 0.0,
+    return (group.lost_utility(entry), kept is None, kept if kept is not None else 0.0,
             -(utility if utility is not None else float("-inf")), entry.slug)
+
+
+def scheme_order(schemes) -> list[str]:
+    """The main table's precisions, then the deployment formats, then the rest by name."""
+    known = [s for s, _ in (*PRECISIONS, *DEPLOYMENT)]
+    return sorted(set(schemes), key=lambda s: (known.index(s) if s in known else len(known), s))
 
 
 def groups(board: Board, corpus: str) -> list[Group]:
@@ -127,8 +163,7 @@ def groups(board: Board, corpus: str) -> list[Group]:
         retrain = sorted((e for e in members if e.kind == "retrain"), key=lambda e: e.slug)
         methods = [e for e in members if e.kind == "method"]
         everyone = [target, *retrain, *methods]
-        schemes = [s for s, _ in PRECISIONS
-                   if s in REQUIRED_SCHEMES or any(s in e.results for e in everyone)]
+        schemes = scheme_order(s for e in everyone for s in e.results)
         group = Group(corpus, target, [target, *retrain], [], schemes)
         group.methods = sorted(methods, key=lambda e: sort_key(group, e))
         out.append(group)
