@@ -67,6 +67,12 @@ class Parallel:
                 f"accelerate launch --use_fsdp: accelerate runs {acc.distributed_type} here, "
                 "not FSDP (accelerate shards only on GPUs; on CPU it falls back to DDP)",
                 "run FSDP on GPUs, or drop --use_fsdp to train data-parallel (DDP) on CPU")
+        if fsdp and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true":
+            raise MuseQuantError("FSDP with cpu_ram_efficient_loading loads the target on rank 0 "
+                                 "only; every rank needs it (SURE's saliency pass, the "
+                                 "reference model)",
+                                 "launch with --fsdp_cpu_ram_efficient_loading false (as "
+                                 "`muse-quant reproduce --gpus N` writes)")
         return cls(acc.num_processes, acc.process_index, "fsdp" if fsdp else "ddp", acc)
 
     # ------------------------------------------------------------------ collectives
