@@ -94,8 +94,10 @@ class UnlearningRun:
             LORA_LR if self.lora else self.method.default_lr)
         self.epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[cfg.corpus]
         self.parallel = Parallel.from_env()  # one process, or an accelerate launch
-        self.device = self.parallel.accelerator.device if self.parallel.active and \
-            cfg.device == "auto" else _resolve_device(cfg.device)
+        self.device = _resolve_device(cfg.device)
+        if self.parallel.active and cfg.device == "auto":  # the launcher's device ("cpu:0" is
+            device = self.parallel.accelerator.device    # cpu: torch.load knows only "cpu")
+            self.device = torch.device("cpu") if device.type == "cpu" else device
         if self.parallel.strategy == "fsdp" and (cfg.stop_after_epochs or cfg.resume):
             raise MuseQuantError("--stop_after_epochs / --resume: FSDP runs write no resume "
                                  "checkpoint (their optimizer states are sharded)",
