@@ -40,13 +40,7 @@ def weights(path) -> dict:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_checkpointed_backward_gives_the_same_gradients_bit_for_bit(small_model_dir):
@@ -122,6 +116,26 @@ def test_bad_gradient_checkpointing_value_is_a_clear_error(capsys):
     with pytest.raises(MuseQuantError, match="unknown --gradient_checkpointing 'maybe'"):
         UnlearnConfig(method="ga", pretrained="/t", out="/o",
                       gradient_checkpointing="maybe").validate()
+
+
+def test_auto_checkpointing_follows_the_memory_estimate(monkeypatch):
+    """auto: on where the plan's estimate (without recomputation) exceeds the GPU; off on CPU;
+    on/off as asked."""
+    from types import SimpleNamespace
+
+    from harness_ext.unlearning.config import UnlearnConfig
+    from harness_ext.unlearning.distributed import auto_checkpointing
+
+    cfg = UnlearnConfig(method="npo_klr", pretrained="muse-bench/MUSE-News_target", out="/o")
+    gpu = torch.device("cuda", 0)
+    for total, expected in ((80e9, True), (400e9, False)):  # 7B NPO_KLR at batch 4: ~161 GB
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda _d, t=total: SimpleNamespace(total_memory=t))
+        assert auto_checkpointing(cfg, gpu, "bf16") is expected
+    assert auto_checkpointing(cfg, torch.device("cpu"), "fp32") is False
+    for mode, on in (("on", True), ("off", False)):
+        cfg.gradient_checkpointing = mode
+        assert auto_checkpointing(cfg, gpu, "bf16") is on
 
 
 def test_resume_at_another_world_size_is_refused(tmp_path):

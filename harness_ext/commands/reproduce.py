@@ -15,7 +15,9 @@ Stages, each an existing command, skipped when its output exists:
   4. muse-quant leaderboard add: one full-scale entry per model (slugs full-<corpus>-<model>)
 
 --dry_run also prints the expected disk, peak GPU memory and time of every stage, with the
-assumptions (throughput: --tflops, --hbm_tbs). The evaluation can also run data-parallel under
+assumptions (throughput: --tflops, --hbm_tbs). --gpus N --gpu_mem GB fits every unlearning stage
+to N GPUs of that memory (batch, accumulation, gradient checkpointing, DDP or FSDP through
+`accelerate launch`), or says which stage cannot fit and why (docs/scale.md). The evaluation can also run data-parallel under
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m harness_ext.cli eval ...`
 (on GPUs without ACCELERATE_USE_CPU; see the README).
 """

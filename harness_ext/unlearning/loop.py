@@ -11,7 +11,8 @@ cycled through (:class:`.data.RetainSampler`).
 Deterministic on CPU for a given seed: fixed shuffling generators, no dropout. A resumable
 checkpoint is written at the end of every epoch to ``OUT/resume/``; ``--resume`` continues bit
 for bit. At the end the weights are written (``OUT/model/`` or ``OUT/delta.safetensors``), then
-``OUT/run_card.json`` (:mod:`.checkpoint`). Settings: :class:`.config.UnlearnConfig`.
+``OUT/run_card.json`` (:mod:`.checkpoint`). Settings: :class:`.config.UnlearnConfig`. Under
+``accelerate launch`` several processes share each step (:mod:`.distributed`).
 """
 
 from __future__ import annotations
