@@ -149,6 +149,24 @@ def test_resume_at_another_world_size_is_refused(tmp_path):
         check_resume(SINGLE, {"world_size": 2}, tmp_path)
 
 
+def test_what_fsdp_does_not_run_is_refused_clearly():
+    from harness_ext.unlearning.config import UnlearnConfig
+
+    fsdp, ddp = Parallel(2, 0, "fsdp"), Parallel(2, 0, "ddp")
+    base = dict(method="npo_sure", pretrained="/t", out="/o")
+    for kw, sure, lora, problem in (
+            (dict(resume=True), False, False, "FSDP runs write no resume checkpoint"),
+            (dict(stop_after_epochs=1), False, False, "FSDP runs write no resume checkpoint"),
+            (dict(sure_granularity="neuron"), True, False, "neuron masks rows of sharded"),
+            ({}, False, True, "--lora under FSDP")):
+        cfg = UnlearnConfig(**base, **kw)
+        with pytest.raises(MuseQuantError, match=problem) as err:
+            fsdp.check_supported(cfg, sure, lora)
+        assert "DDP" in err.value.fix
+        ddp.check_supported(cfg, sure, lora)  # DDP runs all of them
+    fsdp.check_supported(UnlearnConfig(**base), True, False)  # module-granularity SURE: fine
+
+
 def test_micro_batches_are_dealt_round_robin_and_padded():
     group, retain = [[0], [1], [2]], [["a"], ["b"], ["c"]]
     r0 = Parallel(world_size=2, rank=0, strategy="ddp").share(group, retain)

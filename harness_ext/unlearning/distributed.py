@@ -75,6 +75,24 @@ class Parallel:
                                  "`muse-quant reproduce --gpus N` writes)")
         return cls(acc.num_processes, acc.process_index, "fsdp" if fsdp else "ddp", acc)
 
+    def check_supported(self, cfg, sure: bool, lora: bool) -> None:
+        """What FSDP does not run here: resume checkpoints, neuron masks, LoRA."""
+        if self.strategy != "fsdp":
+            return
+        if cfg.stop_after_epochs or cfg.resume:
+            raise MuseQuantError("--stop_after_epochs / --resume: FSDP runs write no resume "
+                                 "checkpoint (their optimizer states are sharded)",
+                                 "run to the end under FSDP, or use DDP (no --use_fsdp)")
+        if sure and cfg.sure_granularity == "neuron":
+            raise MuseQuantError("--sure_granularity neuron masks rows of sharded tensors, "
+                                 "which FSDP does not support here",
+                                 "use --sure_granularity module, or DDP (no --use_fsdp)")
+        if lora:
+            raise MuseQuantError("--lora under FSDP is not supported (the merged adapters are "
+                                 "gathered from a sharded PEFT model)",
+                                 "use DDP (no --use_fsdp): LoRA's few trained parameters and "
+                                 "their AdamW states fit on every GPU")
+
     # ------------------------------------------------------------------ collectives
     def barrier(self) -> None:
         if self.active:

@@ -99,15 +99,7 @@ class UnlearningRun:
         if self.parallel.active and cfg.device == "auto":  # the launcher's device ("cpu:0" is
             device = self.parallel.accelerator.device    # cpu: torch.load knows only "cpu")
             self.device = torch.device("cpu") if device.type == "cpu" else device
-        if self.parallel.strategy == "fsdp" and (cfg.stop_after_epochs or cfg.resume):
-            raise MuseQuantError("--stop_after_epochs / --resume: FSDP runs write no resume "
-                                 "checkpoint (their optimizer states are sharded)",
-                                 "run to the end under FSDP, or use DDP (no --use_fsdp)")
-        if self.parallel.strategy == "fsdp" and self.method.sure and \
-                cfg.sure_granularity == "neuron":
-            raise MuseQuantError("--sure_granularity neuron masks rows of sharded tensors, "
-                                 "which FSDP does not support here",
-                                 "use --sure_granularity module, or DDP (no --use_fsdp)")
+        self.parallel.check_supported(cfg, self.method.sure, bool(self.lora))
         self.precision = resolve_precision(cfg.precision, self.device)
         self.checkpointing = auto_checkpointing(cfg, self.device, self.precision)
         self.train_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
