@@ -55,3 +55,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                              progress=False)
     save_model(model, tok, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is several times faster than two on a loaded 2-core machine.
+    A test module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

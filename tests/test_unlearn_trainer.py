@@ -27,13 +27,7 @@ FILES = embedded.generate(flavour="news")
 FORGET, RETAIN = FILES["raw/forget.json"][:8], FILES["raw/retain1.json"][:8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

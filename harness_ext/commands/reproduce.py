@@ -15,7 +15,9 @@ Stages, each an existing command, skipped when its output exists:
   4. muse-quant leaderboard add: one full-scale entry per model (slugs full-<corpus>-<model>)
 
 --dry_run also prints the expected disk, peak GPU memory and time of every stage, with the
-assumptions (throughput: --tflops, --hbm_tbs). The evaluation can also run data-parallel under
+assumptions (throughput: --tflops, --hbm_tbs). --gpus N --gpu_mem GB fits every unlearning stage
+to N GPUs of that memory (batch, accumulation, gradient checkpointing, DDP or FSDP through
+`accelerate launch`), or says which stage cannot fit and why (docs/scale.md). The evaluation can also run data-parallel under
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m harness_ext.cli eval ...`
 (on GPUs without ACCELERATE_USE_CPU; see the README).
 """
@@ -58,7 +60,12 @@ def add_arguments(parser) -> None:
                         help="assumed sustained bf16 TFLOP/s for the time estimates")
     parser.add_argument("--hbm_tbs", type=float, default=2.0,
                         help="assumed GPU memory bandwidth in TB/s for the estimates")
-    parser.add_argument("--gpu_gb", type=float, default=80.0, help="memory of one GPU, GB")
+    parser.add_argument("--gpus", default=None,
+                        help="GPUs per job (one node): fit every unlearning stage to them "
+                             "(batch size, accumulation, gradient checkpointing, DDP or FSDP "
+                             "through accelerate launch); default: one GPU, unfitted")
+    parser.add_argument("--gpu_mem", "--gpu_gb", dest="gpu_mem", default=None,
+                        help="memory of one GPU, GB (default 80)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry_run", action="store_true",
                       help="print the plan and the estimates; run nothing")
@@ -68,16 +75,18 @@ def add_arguments(parser) -> None:
 
 def _plan(args):
     from ..reproduce import Assumptions, build_plan
+    from ..reproduce.fit import check_gpus
 
+    gpu_mem = 80.0 if args.gpu_mem is None else check_gpus(1, args.gpu_mem)[1]
     return build_plan(args.corpus, methods=args.methods, quant=args.quant, limit=args.limit,
                       out=args.out, muse_data=args.muse_data, pretrained=args.pretrained,
                       retrain=args.retrain, save=args.save, precision=args.precision,
                       sure_threshold=args.sure_threshold, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, eval_batch_size=args.eval_batch_size,
                       leaderboard_root=args.leaderboard_root, slug_prefix=args.slug_prefix,
-                      submitted_by=args.submitted_by,
+                      submitted_by=args.submitted_by, gpus=args.gpus,
                       assumptions=Assumptions(tflops=args.tflops, hbm_tbs=args.hbm_tbs,
-                                              gpu_gb=args.gpu_gb,
+                                              gpu_gb=gpu_mem,
                                               eval_batch=args.eval_batch_size))
 
 
@@ -100,6 +109,8 @@ def _execute(stage) -> None:
                                  "folder with --pretrained / --retrain") from None
         return
     argv = [sys.executable, "-m", "harness_ext.cli", *stage.argv[1:]]
+    if stage.launch:  # accelerate launch ... -m harness_ext.cli ...
+        argv = [sys.executable, "-m", "accelerate.commands.launch", *stage.full_argv[2:]]
     if stage.kind == "unlearn" and (stage.done.parent / "resume").is_dir():
         argv.append("--resume")  # an interrupted run continues bit for bit
     rc = subprocess.call(argv)

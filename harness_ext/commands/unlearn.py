@@ -22,6 +22,10 @@ Outputs in OUT: model/ (--save full, an HF model dir) or delta.safetensors (--sa
 theta_u - theta_o by parameter name), run_card.json, losses.json; both formats load with
   muse-quant eval --model muse_quant --model_args pretrained=TARGET,unlearned=OUT/model ...
 A checkpoint is written to OUT/resume/ after every epoch; --resume continues bit for bit.
+
+At scale (docs/scale.md): --gradient_checkpointing on|off|auto (the same numbers, less memory);
+several processes through accelerate (DDP or FSDP; effective batch = batch_size x grad_accum x
+processes):  accelerate launch --multi_gpu --num_processes 8 -m harness_ext.cli unlearn ...
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ class Assumptions:
             "activations 34 x hidden x layers x batch x max_len bytes per live graph (no "
             "recomputation; GDR/KLR keep forget and retain graphs) + fp32 logits 12 x vocab x "
             "batch x max_len bytes; rough, +10% allocator overhead",
+            "gradient checkpointing keeps one hidden state per layer (2 x hidden x layers x "
+            "batch x max_len bytes) plus one layer's activations, and recomputes the trained "
+            "forwards (+2 x params FLOPs per trained token); FSDP on N GPUs divides weights, "
+            "grads, AdamW states and the (sharded) reference model by N, plus two layers' "
+            "gathered weights; DDP keeps everything on every GPU, plus its gradient buckets "
+            "(a second copy of the gradients); SURE's saliency pass runs before FSDP shards the "
+            "model (weights + gradients + reference, unsharded); time is GPU-hours "
+            "(communication not counted)",
             "evaluation: prefill 2 x params FLOPs per prompt token; decoding reads all weights "
             f"once per step at batch {self.eval_batch}; quantization here is simulated (weights "
             "stay bf16), so every scheme costs what bf16 costs; GPTQ/AWQ add "
@@ -73,11 +81,13 @@ class Estimate:
 def estimate(kind: str, shape: dict, a: Assumptions, *, method: str = "", corpus: str = "news",
              epochs: int = 10, batch_size: int = 4, max_len: int = 2048,
              precision: str = "bf16", forget_tokens: float = 0.0, limit: int | None = None,
-             sure_threshold: float = 90.0, scheme: str = "none") -> Estimate:
+             sure_threshold: float = 90.0, scheme: str = "none",
+             checkpointing: bool = False, gpus: int = 1, strategy: str = "single") -> Estimate:
     """Disk (GB), peak GPU memory (GB) and hours of one stage; formulas in :class:`Assumptions`.
 
     ``kind``: ``fetch`` (download a model), ``unlearn`` (one method), ``eval`` (one scheme of a
-    sweep), ``leaderboard`` (copy results, hash a checkpoint).
+    sweep), ``leaderboard`` (copy results, hash a checkpoint). ``unlearn`` on ``gpus`` GPUs
+    (``strategy`` single | ddp | fsdp): the peak memory of one GPU, the hours of all of them.
     """
     p, gb = shape["params"], 1e9
     if kind == "fetch":
@@ -93,10 +103,21 @@ def estimate(kind: str, shape: dict, a: Assumptions, *, method: str = "", corpus
         per_param = {"bf16": 8, "bf16-mixed": 16, "fp32": 16}[precision]
         w_bytes = 4 if precision == "fp32" else 2
         graphs = 2 if retain else 1
-        act = graphs * (34 * h * layers + 12 * vocab) * batch_size * max_len
-        gpu = (per_param * p + (w_bytes * p if ref else 0) + act) * 1.1
-        # FLOPs per forget token: forget fwd+bwd, retain fwd+bwd, reference forwards
-        flops_tok = 6 * p * (1 + retain) + 2 * p * declared.reference_forwards()
+        per_token = (2 * h * layers + 34 * h) if checkpointing else 34 * h * layers
+        act = graphs * (per_token + 12 * vocab) * batch_size * max_len
+        states, reference = per_param * p, (w_bytes * p if ref else 0)
+        if strategy == "fsdp":  # sharded; each GPU gathers a layer (and prefetches the next)
+            states, reference = states / gpus, reference / gpus + 2 * w_bytes * p / layers
+        elif strategy == "ddp":  # DDP's reducer holds a second copy of the gradients
+            states += w_bytes * p
+        gpu = (states + reference + act) * 1.1
+        if sure and strategy == "fsdp":  # the saliency pass runs before sharding (full grads)
+            forget_only = (per_token + 12 * vocab) * batch_size * max_len
+            gpu = max(gpu, (2 * w_bytes * p + (w_bytes * p if ref else 0) + forget_only) * 1.1)
+        # FLOPs per forget token: forget fwd+bwd (+ recomputed fwd), retain the same, reference
+        # forwards
+        flops_tok = (6 + 2 * checkpointing) * p * (1 + retain) + \
+            2 * p * declared.reference_forwards()
         flops = forget_tokens * epochs * flops_tok
         if sure:
             flops += 6 * p * forget_tokens  # saliency: one gradient pass over the forget set

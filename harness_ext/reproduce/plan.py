@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import MuseQuantError
 from ..recipes import (CORPORA, PAPER_SCHEMES as DEFAULT_QUANT, REQUIRED_SCHEMES,
                        paper_hyperparameters)
+from .fit import check_gpus, fit_unlearning, launch_prefix
 from .estimate import (CHARS_PER_TOKEN, FORGET_TOKENS, HUB, KNOWN_MODELS, LLAMA2_7B, Assumptions,
                        Estimate, estimate, model_shape)
 
@@ -43,13 +44,23 @@ class Stage:
     done: Path                 # exists => the stage is done
     est: Estimate
     cells: list["Stage"] = field(default_factory=list)  # sweep: one per scheme (SLURM)
+    launch: list[str] = field(default_factory=list)  # accelerate launch ... (multi-GPU)
+    gpus: int = 1
+    setup: str = ""  # --gpus: the configuration that fits, or why none does
+    fits: bool = True
 
     def is_done(self) -> bool:
         return all(c.done.exists() for c in self.cells) if self.cells else self.done.exists()
 
     @property
+    def full_argv(self) -> list[str]:
+        """The command as run: ``argv``, or ``accelerate launch ... -m harness_ext.cli ...``."""
+        return [*self.launch, "-m", "harness_ext.cli", *self.argv[1:]] if self.launch \
+            else self.argv
+
+    @property
     def command(self) -> str:
-        return shlex.join(self.argv)
+        return shlex.join(self.full_argv)
 
 
 @dataclass
@@ -59,6 +70,7 @@ class Plan:
     stages: list[Stage]
     assumptions: Assumptions
     notes: list[str]
+    gpus: int | None = None  # --gpus: stages fitted to that many GPUs
 
     def by_kind(self, kind: str) -> list[Stage]:
         return [s for s in self.stages if s.kind == kind]
@@ -102,7 +114,9 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
                sure_threshold: str | None = None, batch_size: int = 4, grad_accum: int = 8,
                eval_batch_size: int = 8, leaderboard_root: str = "leaderboard",
                slug_prefix: str = "full", submitted_by: str | None = None,
-               assumptions: Assumptions | None = None) -> Plan:
+               assumptions: Assumptions | None = None, gpus=None, gpu_mem=None) -> Plan:
+    """The stages; ``gpus`` (with ``gpu_mem`` GB each, default the assumptions' GPU): fit every
+    unlearning stage to them (:mod:`.fit`), else the requested batch on one GPU, marked."""
     if corpus not in CORPORA:
         raise MuseQuantError(f"unknown corpus {corpus!r}", f"use --corpus {' or '.join(CORPORA)}")
     from ..unlearning import builtin_method_names
@@ -122,6 +136,8 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
     if limit is not None and int(limit) < 1:
         raise MuseQuantError(f"--limit {limit} must be a positive integer", "e.g. --limit 20")
     a = assumptions or Assumptions(eval_batch=eval_batch_size)
+    if gpus is not None:
+        gpus, a.gpu_gb = check_gpus(gpus, a.gpu_gb if gpu_mem is None else gpu_mem)
     out = Path(out or f"reproduce_{corpus}")
     target_id, retrain_id = HUB[corpus]
     notes = []
@@ -162,22 +178,35 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
     for m in methods:
         hp = paper_hyperparameters(corpus, m, sure_threshold)
         udir = out / "unlearn" / m
-        cfg = UnlearnConfig.from_hyperparameters(
-            hp, method=m, pretrained=target_dir, corpus=corpus, muse_data=muse_data,
-            out=str(udir), batch_size=batch_size, grad_accum=grad_accum, precision=precision,
-            save=save, progress=False)
-        # the recipe's settings beyond UNLEARN_KEYS (sure_threshold, klr_reduction), in order
-        keys = UNLEARN_KEYS + tuple(k for k in hp if k not in UNLEARN_KEYS)
-        argv = ["muse-quant", "unlearn", *cfg.to_argv(keys, compact=True)]
         thr_text = str(hp.get("sure_threshold", "90"))
         thr = 90.0 if thr_text.startswith("abs:") else float(thr_text)
-        est = estimate("unlearn", shape, a, method=m, corpus=corpus, epochs=hp["epochs"],
-                       batch_size=batch_size, precision=precision,
-                       forget_tokens=forget_tokens, sure_threshold=thr)
-        stages.append(Stage("unlearn", f"unlearn/{m}", argv, udir / "run_card.json", est))
+        cost = dict(method=m, corpus=corpus, epochs=hp["epochs"], precision=precision,
+                    forget_tokens=forget_tokens, sure_threshold=thr)
+        fit, why = fit_unlearning(shape, a, gpus=gpus, gpu_mem=a.gpu_gb, batch_size=batch_size,
+                                  grad_accum=grad_accum, **cost) if gpus else (None, "")
+        run = dict(batch_size=fit.batch_size, grad_accum=fit.grad_accum,
+                   gradient_checkpointing="on" if fit.checkpointing else "auto") if fit else \
+            dict(batch_size=batch_size, grad_accum=grad_accum)
+        cfg = UnlearnConfig.from_hyperparameters(
+            hp, method=m, pretrained=target_dir, corpus=corpus, muse_data=muse_data,
+            out=str(udir), precision=precision, save=save, progress=False, **run)
+        # the recipe's settings beyond UNLEARN_KEYS (sure_threshold, klr_reduction), in order
+        keys = UNLEARN_KEYS + tuple(k for k in hp if k not in UNLEARN_KEYS)
+        if fit and fit.checkpointing:
+            keys += ("gradient_checkpointing",)
+        argv = ["muse-quant", "unlearn", *cfg.to_argv(keys, compact=True)]
+        est = fit.est if fit else estimate("unlearn", shape, a, batch_size=batch_size, **cost)
+        stage = Stage("unlearn", f"unlearn/{m}", argv, udir / "run_card.json", est)
+        if gpus:
+            stage.fits = fit is not None
+            stage.setup = (fit.describe() + (f" ({why})" if why else "")) if fit else \
+                f"cannot fit: {why}"
+            if fit:
+                stage.launch, stage.gpus = launch_prefix(fit), fit.gpus
+        stages.append(stage)
         models[m] = (target_dir, str(udir / ckpt_name), "method", str(udir / ckpt_name))
     too_big = [s for s in stages if s.kind == "unlearn" and s.est.gpu_gb > a.gpu_gb]
-    if too_big:
+    if not gpus and too_big:
         small = {s.name: estimate("unlearn", shape, a, method=s.name.split("/")[1],
                                   epochs=1, batch_size=1, precision=precision).gpu_gb
                  for s in too_big}
@@ -210,6 +239,17 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
                          sum(c.est.hours for c in cells))
         stages.append(Stage("sweep", f"sweep/{name}", sweep_argv(",".join(schemes)),
                             rdir / (schemes[-1].replace(":", "_") + ".json"), total, cells))
+        if gpus and total.gpu_gb > a.gpu_gb:
+            stages[-1].fits = False
+            stages[-1].setup = (f"cannot fit: evaluation needs {total.gpu_gb:.1f} GB on one GPU "
+                                f"(> {a.gpu_gb:g} GB); use a smaller --eval_batch_size or larger "
+                                "GPUs")
+    if gpus:
+        unfit = [s.name for s in stages if not s.fits]
+        notes.append(f"{gpus} GPU(s) of {a.gpu_gb:g} GB: " + (
+            f"cannot fit {', '.join(unfit)} (see each stage)" if unfit else
+            "every stage fits (the unlearning configuration is printed per stage)") +
+            "; the sweep runs one model x scheme cell per GPU (the SLURM array spreads them)")
 
     if all(s in schemes for s in REQUIRED_SCHEMES):
         for name, (_, _, kind, ckpt) in models.items():
@@ -234,7 +274,7 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
                                 "entry.yaml", estimate("leaderboard", shape, a)))
     else:
         notes.append(f"no leaderboard entries: they need the schemes {', '.join(REQUIRED_SCHEMES)}")
-    return Plan(corpus, out, stages, a, notes)
+    return Plan(corpus, out, stages, a, notes, gpus)
 
 
 def format_plan(plan: Plan) -> str:
@@ -249,9 +289,10 @@ def format_plan(plan: Plan) -> str:
         lines += ["", f"== {kind} ({len(stages)}) =="]
         for s in stages:
             status = "done" if s.is_done() else "todo"
-            big = " !" if s.est.gpu_gb > plan.assumptions.gpu_gb else ""
+            big = " !" if s.est.gpu_gb > plan.assumptions.gpu_gb or not s.fits else ""
             lines.append(f"[{status}] {s.name}: disk {s.est.disk_gb:.1f} GB, peak GPU "
-                         f"{s.est.gpu_gb:.1f} GB{big}, ~{s.est.hours:.2f} h")
+                         f"{s.est.gpu_gb:.1f} GB{big}, ~{s.est.hours:.2f} h" +
+                         (f" | {s.setup}" if s.setup else ""))
             lines.append(f"    {s.command}")
             for c in s.cells:
                 lines.append(f"      cell {c.name}: peak GPU {c.est.gpu_gb:.1f} GB, "
@@ -261,5 +302,9 @@ def format_plan(plan: Plan) -> str:
     lines += ["", "Total: " + ", ".join(f"{k} {v:.1f} h" for k, v in totals.items()) +
               f" = {sum(totals.values()):.1f} GPU-hours (one GPU, sequential); "
               f"disk up to {disk:.0f} GB"]
+    if plan.gpus:  # unlearning stages use their GPUs together; other cells run side by side
+        wall = sum(s.est.hours / s.gpus if s.kind == "unlearn" else s.est.hours / plan.gpus
+                   for s in plan.stages)
+        lines.append(f"On {plan.gpus} GPU(s): ~{wall:.1f} h wall-clock if the GPUs stay busy")
     return "\n".join(lines)
 

@@ -13,10 +13,11 @@ from .plan import Plan
 SBATCH = """#!/bin/bash
 #SBATCH --job-name=muse-{corpus}-{kind}
 #SBATCH --array=0-{last}
-#SBATCH --gpus=1
+#SBATCH --gpus={gpus}
 #SBATCH --time={time}
 #SBATCH --output={logs}/{kind}_%A_%a.log
 # One array task per line of {cells} ("DONE_FILE<TAB>COMMAND"); a task whose DONE_FILE exists exits.
+# A multi-GPU task is `accelerate launch ... -m harness_ext.cli ...` over the job's {gpus} GPUs.
 set -euo pipefail
 cd {cwd}
 LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {cells})
@@ -62,9 +63,9 @@ def emit_slurm(plan: Plan, directory: str | Path) -> dict:
         hours = max(c.est.hours for c in cells) * 2 + 0.5  # 2x the estimate + 30 min margin
         script = SBATCH.format(corpus=plan.corpus, kind=kind, last=len(cells) - 1,
                                time=f"{int(hours)}:{int(hours % 1 * 60):02d}:00", logs=logs,
-                               cells=shlex.quote(str(cell_file.resolve())), cwd=cwd)
-        if kind in ("fetch", "leaderboard"):
-            script = script.replace("#SBATCH --gpus=1", "#SBATCH --gpus=0")
+                               cells=shlex.quote(str(cell_file.resolve())), cwd=cwd,
+                               gpus=0 if kind in ("fetch", "leaderboard") else
+                               max(c.gpus for c in cells))
         if kind == "leaderboard":  # entries are added one after the other (target first)
             script = script.replace(f"--array=0-{len(cells) - 1}",
                                     f"--array=0-{len(cells) - 1}%1")

@@ -81,7 +81,8 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------
 
 def save_resume(out: Path, model, optimizer, forget_gen, retain_sampler, sure_mask,
-                state: TrainingState, config: dict, wall_time: float) -> None:
+                state: TrainingState, config: dict, wall_time: float,
+                world_size: int = 1) -> None:
     from safetensors.torch import save_file
 
     tmp = out / (RESUME_DIR + ".tmp")
@@ -102,6 +103,8 @@ def save_resume(out: Path, model, optimizer, forget_gen, retain_sampler, sure_ma
              "wall_time": wall_time,
              "retain_queue": retain_sampler.queue if retain_sampler else None,
              "sure": {"gamma": sure_mask.gamma} if sure_mask else None}
+    if world_size != 1:  # processes of an accelerate launch (resume checks it)
+        saved["world_size"] = world_size
     (tmp / "state.json").write_text(json.dumps(saved))
     final = out / RESUME_DIR
     if final.exists():
@@ -254,7 +257,8 @@ def run_card(run, forget_set, retain_set, final_losses, checkpoint, save_dtype,
              "packing": cfg.packing, "steps": run.state.step,
              "steps_per_epoch": run.steps_per_epoch,
              "checkpoint_dtype": str(save_dtype).replace("torch.", ""),
-             "device": run.device.type, **regularizer_options(run)}
+             "device": run.device.type, **regularizer_options(run),
+             **run.parallel.run_card(cfg.batch_size, cfg.grad_accum, run.checkpointing)}
     card = {
         "method": cfg.method,
         "base_method": base,

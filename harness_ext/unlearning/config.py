@@ -21,6 +21,7 @@ SAVE_FORMATS = ("full", "delta")
 PACKINGS = ("muse", "documents")
 GRANULARITIES = ("module", "neuron")
 KLR_REDUCTIONS = ("mean", "sum")
+CHECKPOINTING = ("auto", "on", "off")
 
 WHAT = "what to unlearn"
 HYPER = "hyperparameters (MUSE defaults)"
@@ -88,6 +89,10 @@ class UnlearnConfig:
     precision: str = _option("auto", RUNTIME, "auto = fp32 on CPU, bf16 on GPU",
                              choices=PRECISIONS)
     device: str = _option("auto", RUNTIME, "auto | cpu | cuda | cuda:N")
+    gradient_checkpointing: str = _option(
+        "auto", RUNTIME, "recompute each layer's activations in the backward pass (less memory, "
+        "~1/3 more compute, the same numbers): on | off | auto (on when the memory estimate of "
+        "the run exceeds the GPU's memory; off on CPU)", choices=CHECKPOINTING)
     save: str = _option("full", RUNTIME, "full: OUT/model (HF dir); delta: "
                         "OUT/delta.safetensors", choices=SAVE_FORMATS)
     # how to run, not what to compute:
@@ -98,7 +103,8 @@ class UnlearnConfig:
     progress: bool = _option(True, RUNTIME, "no progress bars", flag="--no_progress")
 
     #: fields that do not change the result (a resumed run may differ in these)
-    RUNTIME_FIELDS = ("resume", "overwrite", "stop_after_epochs", "progress", "device")
+    RUNTIME_FIELDS = ("resume", "overwrite", "stop_after_epochs", "progress", "device",
+                      "gradient_checkpointing")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -161,6 +167,10 @@ class UnlearnConfig:
             ok = value > 0 if low == "positive" else value >= 0
             if not (ok and math.isfinite(value)):
                 raise MuseQuantError(f"--{key} {value}: must be a finite {low} number", fix)
+        if self.gradient_checkpointing not in CHECKPOINTING:
+            raise MuseQuantError(f"unknown --gradient_checkpointing "
+                                 f"{self.gradient_checkpointing!r}",
+                                 f"use one of {', '.join(CHECKPOINTING)}")
         if self.klr_reduction not in KLR_REDUCTIONS:
             raise MuseQuantError(f"unknown --klr_reduction {self.klr_reduction!r}",
                                  f"use one of {KLR_REDUCTIONS}")

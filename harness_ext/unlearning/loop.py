@@ -11,7 +11,8 @@ cycled through (:class:`.data.RetainSampler`).
 Deterministic on CPU for a given seed: fixed shuffling generators, no dropout. A resumable
 checkpoint is written at the end of every epoch to ``OUT/resume/``; ``--resume`` continues bit
 for bit. At the end the weights are written (``OUT/model/`` or ``OUT/delta.safetensors``), then
-``OUT/run_card.json`` (:mod:`.checkpoint`). Settings: :class:`.config.UnlearnConfig`.
+``OUT/run_card.json`` (:mod:`.checkpoint`). Settings: :class:`.config.UnlearnConfig`. Under
+``accelerate launch`` several processes share each step (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..recipes import MUSE_EPOCHS as DEFAULT_EPOCHS
 from . import checkpoint as ckpt
 from .config import GRANULARITIES, PRECISIONS, UnlearnConfig
 from .data import RetainSampler, load_forget, load_retain, tokenize
+from .distributed import Parallel, auto_checkpointing, check_resume, mask_digest
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,14 @@ class UnlearningRun:
         self.lr = cfg.lr if cfg.lr is not None else (
             LORA_LR if self.lora else self.method.default_lr)
         self.epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[cfg.corpus]
+        self.parallel = Parallel.from_env()  # one process, or an accelerate launch
         self.device = _resolve_device(cfg.device)
+        if self.parallel.active and cfg.device == "auto":  # the launcher's device ("cpu:0" is
+            device = self.parallel.accelerator.device    # cpu: torch.load knows only "cpu")
+            self.device = torch.device("cpu") if device.type == "cpu" else device
+        self.parallel.check_supported(cfg, self.method.sure, bool(self.lora))
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.checkpointing = auto_checkpointing(cfg, self.device, self.precision)
         self.train_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.sure_mask = None
         self.target_rounded_to = None  # set in run() once the target's stored dtype is known
@@ -127,10 +135,15 @@ class UnlearningRun:
 
         cfg, method = self.cfg, self.method
         self._session_start = time.perf_counter()
-        ckpt.check_out(self.out, cfg.resume, cfg.overwrite)
+        par = self.parallel
+        if par.is_main or not cfg.overwrite:  # only rank 0 removes (--overwrite)
+            ckpt.check_out(self.out, cfg.resume, cfg.overwrite)
+        par.barrier()
         # read (and check) the resume state before loading anything
         resume_state = ckpt.load_resume_state(self.out, cfg.training_fields()) \
             if cfg.resume else None
+        if resume_state is not None:
+            check_resume(par, resume_state, self.out)
         forget_set = load_forget(cfg)
         retain_set = load_retain(cfg, method.needs_retain, cfg.method)
         try:
@@ -160,7 +173,7 @@ class UnlearningRun:
                                  "pass a retain set with at least one document (--retain FILE)")
 
         micro_per_epoch = math.ceil(len(forget) / cfg.batch_size)
-        self.steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+        self.steps_per_epoch = math.ceil(micro_per_epoch / (cfg.grad_accum * par.world_size))
         self.total_steps = cfg.max_steps or self.epochs * self.steps_per_epoch
         log.info("unlearn %s: %d forget examples%s, %d steps (%d per epoch), lr %g, %s",
                  cfg.method, len(forget),
@@ -173,6 +186,14 @@ class UnlearningRun:
         if method.needs_reference and not self.lora:
             ref_model = self._load_model(self.train_dtype).eval().requires_grad_(False)
         model.train()
+        if self.checkpointing:  # recomputes the same values: no number changes
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if par.active:
+            log.info("rank %d of %d (%s): effective batch %d = batch_size %d x grad_accum %d x "
+                     "%d processes", par.rank, par.world_size, par.strategy,
+                     cfg.batch_size * cfg.grad_accum * par.world_size, cfg.batch_size,
+                     cfg.grad_accum, par.world_size)
 
         if method.sure:
             self.sure_mask = self._sure_mask(model, ref_model, forget, resume_state)
@@ -192,6 +213,10 @@ class UnlearningRun:
         if resume_state is not None:
             self.state = ckpt.restore(self.out, resume_state, model, optimizer, forget_gen,
                                       retain_sampler, self.device)
+        if par.active:  # DDP / FSDP wrap the model (FSDP shards the reference model too)
+            model, optimizer = par.accelerator.prepare(model, optimizer)
+            if ref_model is not None and par.strategy == "fsdp" and not self.lora:
+                ref_model = par.accelerator.prepare(ref_model)
 
         self._train(model, ref_model, optimizer, trainable, forget, retain, forget_gen,
                     retain_sampler)
@@ -201,6 +226,11 @@ class UnlearningRun:
             return {}
 
         model.eval()
+        if par.active:
+            model = self._gather(model)
+            if model is None:  # not rank 0: rank 0 evaluates and writes
+                par.barrier()
+                return {}
         final_losses = {"forget_nll": self._mean_nll(model, forget),
                         "retain_nll": self._mean_nll(model, retain) if retain is not None else None}
         if self.lora:
@@ -213,7 +243,21 @@ class UnlearningRun:
         write_json(self.out / ckpt.RUN_CARD, card)
         shutil.rmtree(self.out / ckpt.RESUME_DIR, ignore_errors=True)
         log.info("wrote %s and %s", self.out / checkpoint, self.out / ckpt.RUN_CARD)
+        par.barrier()
         return card
+
+    def _gather(self, model):
+        """The trained model on rank 0 (None on the others): DDP's copy, or FSDP's full state
+        dict gathered (every rank takes part) into a model loaded on rank 0."""
+        par = self.parallel
+        if par.strategy != "fsdp":
+            return par.unwrap(model) if par.is_main else None
+        state = par.accelerator.get_state_dict(model)
+        if not par.is_main:
+            return None
+        full = self._load_model(self.train_dtype)
+        full.load_state_dict(state)
+        return full.eval()
 
     # ---------------------------------------------------------------- SURE
     def _sure_mask(self, model, ref_model, forget, resume_state):
@@ -225,10 +269,21 @@ class UnlearningRun:
                                          cfg.sure_granularity, resume_state["sure"]["gamma"])
         batches = [self._batch(forget, list(range(i, min(i + cfg.batch_size, len(forget)))))
                    for i in range(0, len(forget), cfg.batch_size)]
-        scores = compute_saliency(model, self.method, ref_model, batches, cfg.sure_granularity,
-                                  progress=cfg.progress, autocast=self.autocast)
+        par = self.parallel
+        if par.active:  # each rank a share of the batches, the gradients summed over ranks
+            scores = compute_saliency(model, self.method, ref_model,
+                                      batches[par.rank::par.world_size], cfg.sure_granularity,
+                                      progress=cfg.progress, autocast=self.autocast,
+                                      n_batches=len(batches), reduce=par.all_reduce_grads)
+            scores = par.broadcast(scores)  # rank 0's scores: one mask on every rank
+        else:
+            scores = compute_saliency(model, self.method, ref_model, batches,
+                                      cfg.sure_granularity, progress=cfg.progress,
+                                      autocast=self.autocast)
         mask = SureMask.from_scores(scores, self.threshold, cfg.sure_granularity)
         log.info("SURE: %s", mask.summary())
+        if par.active:
+            log.info("SURE mask on rank %d: sha256 %s", par.rank, mask_digest(mask))
         return mask
 
     # ---------------------------------------------------------------- training loop
@@ -238,21 +293,24 @@ class UnlearningRun:
 
         from ..data.tokenized import epoch_batches
 
-        cfg, method, state = self.cfg, self.method, self.state
+        cfg, method, state, par = self.cfg, self.method, self.state, self.parallel
         params = [p for _, p in trainable]
+        plain = par.unwrap(model)  # parameter names without the DDP wrapper's prefix
         bar = tqdm(total=self.total_steps, initial=state.step, desc=f"unlearn {cfg.method}",
                    disable=not cfg.progress)
         stop_epoch = None if cfg.stop_after_epochs is None else \
             state.epoch + cfg.stop_after_epochs
         while state.step < self.total_steps:
             batches = epoch_batches(len(forget), cfg.batch_size, forget_gen)
-            groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+            per_step = cfg.grad_accum * par.world_size  # micro-batches of all ranks
+            groups = [batches[i:i + per_step] for i in range(0, len(batches), per_step)]
             for group in groups:
                 if state.step >= self.total_steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for indices in group:
+                total = 0.0 if not par.active else self._parallel_micro_batches(
+                    model, ref_model, forget, retain, group, retain_sampler)
+                for indices in group if not par.active else ():  # one process: as always
                     forget_batch = self._batch(forget, indices)
                     retain_batch = self._batch(retain, retain_sampler.next()) \
                         if retain_sampler else None
@@ -264,23 +322,48 @@ class UnlearningRun:
                     raise MuseQuantError(f"the {cfg.method} loss became {total} at step "
                                          f"{state.step + 1}", "lower --lr")
                 if self.sure_mask is not None:
-                    self.sure_mask.mask_gradients(model)
+                    self.sure_mask.mask_gradients(plain)
                 if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if par.active:
+                        par.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    else:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if self.sure_mask is not None:
-                    self.sure_mask.decay_rows(model, self.lr, cfg.weight_decay)
+                    self.sure_mask.decay_rows(plain, self.lr, cfg.weight_decay)
                 optimizer.step()
                 state.step += 1
                 state.losses.append(total)
                 bar.update(1)
                 bar.set_postfix(loss=f"{total:.4f}")
             state.epoch += 1
-            if state.step < self.total_steps:
-                ckpt.save_resume(self.out, model, optimizer, forget_gen, retain_sampler,
-                                 self.sure_mask, state, cfg.training_fields(), self._wall_time())
+            if state.step < self.total_steps and par.strategy != "fsdp":
+                if par.is_main:  # DDP: every rank holds the same weights and optimizer states
+                    ckpt.save_resume(self.out, plain, optimizer, forget_gen, retain_sampler,
+                                     self.sure_mask, state, cfg.training_fields(),
+                                     self._wall_time(), world_size=par.world_size)
+                par.barrier()
                 if stop_epoch is not None and state.epoch >= stop_epoch:
                     break
         bar.close()
+
+    def _parallel_micro_batches(self, model, ref_model, forget, retain, group,
+                                retain_sampler) -> float:
+        """One optimizer step's forward/backward passes on this rank (see :mod:`.distributed`);
+        returns the step's mean loss over all ranks."""
+        par, n = self.parallel, len(group)
+        retains = [retain_sampler.next() if retain_sampler else None for _ in group]
+        share = par.share(group, retains)
+        local = 0.0
+        for k, (indices, retain_indices, weight) in enumerate(share):
+            forget_batch = self._batch(forget, indices)
+            retain_batch = self._batch(retain, retain_indices) if retain_indices else None
+            with par.no_sync(model, last=k == len(share) - 1):
+                with self.autocast():
+                    loss = self.method.loss(model, ref_model, forget_batch, retain_batch)
+                (loss * weight).backward()
+            if weight:
+                local += float(loss.detach()) / n
+        return par.sum(local)
 
     @torch.no_grad()
     def _mean_nll(self, model, data) -> float:

@@ -18,9 +18,12 @@ from .sure import Threshold
 # --------------------------------------------------------------------------------------
 
 def compute_saliency(model, method: UnlearningMethod, ref_model, batches: list[dict],
-                     granularity: str, progress: bool = True,
-                     autocast=None) -> dict[str, torch.Tensor]:
+                     granularity: str, progress: bool = True, autocast=None,
+                     n_batches: int | None = None, reduce=None) -> dict[str, torch.Tensor]:
     """s_i at the model's current weights (theta_o), over all ``batches`` of the forget set.
+
+    Several processes: each passes its share of the ``n_batches`` batches and ``reduce(model)``,
+    which sums the gradients over the processes before the scores are taken.
 
     Returns ``{parameter name: scores}``: a 0-d tensor per tensor (``module``), or one score per
     output row for 2-D tensors and a 1-element tensor for 1-D tensors (``neuron``). float32.
@@ -40,8 +43,10 @@ def compute_saliency(model, method: UnlearningMethod, ref_model, batches: list[d
     try:
         for batch in tqdm(batches, desc="SURE saliency", disable=not progress, leave=False):
             with autocast() if autocast else nullcontext():
-                loss = method.forget_loss(model, ref_model, batch) / len(batches)
+                loss = method.forget_loss(model, ref_model, batch) / (n_batches or len(batches))
             loss.backward()
+        if reduce is not None:
+            reduce(model)
         scores = {}
         for name, p in params.items():
             g = p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
