@@ -69,8 +69,14 @@ LEADERBOARD_PRECISIONS = (("none", "full"), ("bnb-int8", "8-bit"), ("bnb-fp4", "
 LEADERBOARD_4BIT = ("bnb-fp4", "gptq:4", "awq:4")
 #: the leaderboard plot's marker per precision
 LEADERBOARD_MARKERS = {"none": "o", "bnb-int8": "s", "bnb-fp4": "^", "gptq:4": "D", "awq:4": "v"}
-#: the demo's sweep: full precision, bitsandbytes int8 and FP4, RTN, GPTQ and AWQ
-DEMO_SCHEMES = ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
+#: the deployment formats the demo reports next to the paper's schemes: (scheme, label), the
+#: GGUF file most people download (Q4_K_M), GGUF 8-bit and vLLM's FP8 (weights only)
+DEMO_DEPLOYMENT_SCHEMES = (("gguf:q4_k_m", "Q4_K_M"), ("gguf:q8_0", "Q8_0"),
+                           ("fp8:e4m3", "FP8"))
+#: the demo's sweep: full precision, bitsandbytes int8 (fake and LLM.int8, the paper's 8-bit) and
+#: FP4, RTN, GPTQ and AWQ, then the deployment formats
+DEMO_SCHEMES = ("none", "bnb-int8", "bnb-int8-real", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4",
+                *(scheme for scheme, _ in DEMO_DEPLOYMENT_SCHEMES))
 #: the schemes the demo's ``diagnose`` stage reports
 DEMO_DIAGNOSE_SCHEMES = ("bnb-fp4", "rtn:4:g64")
 #: the recovery map: full precision and the paper's 4-bit
