@@ -145,14 +145,38 @@ def test_codes_explain_the_quantized_values(scheme, dtype):
     low = torch.full_like(high, torch.inf).scatter_reduce(0, inverse, q, "amin")
     assert torch.equal(high, low)
     # weights inside the near-zero edge take a near-zero code (affine grids: up to the rounding
-    # of their stored scale and min)
+    # of their stored scale and min, fp16 for GGUF: Q4_1 misses about 1 % of them here)
     inside = w.float().abs() < codes.edges().float()[codes.groups]
     near = codes.near_zero()
     if inside.any():
-        assert near[inside].float().mean() >= 0.99
+        assert near[inside].float().mean() >= (0.98 if codes.offsets is not None else 1.0)
     if scheme.split(":")[0] in ("gguf", "mlx", "hqq", "torchao"):
         step = quantizer.quantization_step(w)  # uniform grids: Delta = the group's scale
         torch.testing.assert_close(step, codes.element_scales(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ["gguf:q4_k", "gguf:q4_1", "gguf:q6_k", "fp8:e4m3", "mlx:4",
+                                    "hqq:4", "torchao:int4:g64", "bnb-int8-real"])
+def test_same_code_and_group_grid_give_the_same_value(scheme):
+    """Across two weights (what diagnose compares): same code and same scale and offset <=>
+    same dequantized value, so the code and scale shares of ||dQ||^2 add up to 1."""
+    _skip_without_library(scheme)
+    quantizer = parse_scheme(scheme)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(32, 256, generator=gen) * 0.02
+    noise = torch.randn(32, 256, generator=gen) * 0.002
+    b = a + noise * (torch.rand(32, 256, generator=gen) < 0.3) * (a.abs() < 0.02)
+    b[0, :64] *= 1.5
+    ca, cb = quantizer.codes(a), quantizer.codes(b)
+    same_grid = ~ca.group_moved(cb)[ca.groups]
+    same_code = ca.codes == cb.codes
+    changed = quantizer.quantize_weight(a) != quantizer.quantize_weight(b)
+    assert not changed[same_code & same_grid].any()
+    assert changed[~same_code & same_grid].all()
+    if scheme not in ("gguf:q4_k", "hqq:4"):
+        assert (~same_code & same_grid).any()
+    else:  # their grid is searched per group: any change in a group moves its scale or min
+        assert not bool(same_grid[b != a].any())
 
 
 def test_gguf_step_and_codes_follow_the_mix_types():
@@ -161,12 +185,14 @@ def test_gguf_step_and_codes_follow_the_mix_types():
     model, _ = build_tiny_llama(seed=0, hidden_size=256, intermediate_size=512,
                                 num_hidden_layers=2, num_attention_heads=4)
     quantizer = parse_scheme("gguf:q4_k_m")
-    names = ["model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.q_proj"]
+    names = ["model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.q_proj"]
     out = list(quantizer.diagnostic_weights(model, names))
-    # use_more_bits(0, 2): layer 0 is in the first eighth -> attn_v at Q6_K; attn_q Q4_K
+    # use_more_bits(1, 2): layer 1 >= 7 * 2 // 8 -> attn_v at Q6_K; attn_q stays Q4_K
     assert quantizer.module_types[names[0]] == "Q6_K"
     assert quantizer.module_types[names[1]] == "Q4_K"
-    for (name, q, step), (group, sub) in zip(out, [(16, "Q6_K"), (32, "Q4_K")]):
+    assert sorted(name for name, _, _ in out) == sorted(names)
+    for name, q, step in out:
+        group, sub = {names[0]: (16, "Q6_K"), names[1]: (32, "Q4_K")}[name]
         w = model.get_submodule(name).weight.detach()
         codes = quantizer.module_codes(name, w)
         assert codes.scales.numel() == w.numel() // group
@@ -274,3 +300,17 @@ def test_schemes_command_lists_every_scheme_under_its_family(capsys):
         assert info.usage.split()[0] in under[info.family], scheme
     assert {"GGUF (llama.cpp), bit-exact", "deployment formats (FP8, HQQ, MLX, torchao), "
             "fake-quantized", "bitsandbytes kernels (real quantized layers)"} <= set(under)
+
+
+def test_every_scheme_has_a_reversible_results_file_name():
+    from harness_ext.errors import MuseQuantError
+    from harness_ext.io import scheme_filename, scheme_from_filename
+
+    # GGUF types hold '_', which the file name keeps as '__' (':' becomes '_')
+    assert scheme_filename("gguf:q4_k_m") == "gguf_q4__k__m.json"
+    assert scheme_filename("rtn:4:g128") == "rtn_4_g128.json"
+    for scheme in [*DIAGNOSE_EXPECTATIONS, *EXTRA, "gguf:q4_0", "bnb-fp4:b128"]:
+        assert scheme_from_filename(scheme_filename(scheme)) == scheme
+    for bad in ("gguf:_q4", "a_:b", "x/y", "_x"):
+        with pytest.raises(MuseQuantError, match="cannot be used as a file name"):
+            scheme_filename(bad)
