@@ -270,6 +270,7 @@ def _importable(module):
         return False
 
 
+@pytest.mark.slow
 def test_diagnose_library_free_formats_on_a_tiny_llama(tiny_pair):
     from harness_ext.evaluation.diagnostics import load_pair
 
