@@ -39,7 +39,8 @@ from ..unlearning.config import UnlearnConfig
 
 #: the six MUSE baselines and the paper's two SURE settings
 METHODS = DEMO_METHODS
-#: the sweep: full precision, bitsandbytes int8 and FP4 (the paper's 4-bit), RTN, GPTQ and AWQ
+#: the sweep: full precision, bitsandbytes int8 (fake and LLM.int8) and FP4 (the paper's 4-bit),
+#: RTN, GPTQ, AWQ and the deployment formats (GGUF Q4_K_M, Q8_0, FP8)
 SCHEMES = DEMO_SCHEMES
 
 
