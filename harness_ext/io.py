@@ -4,8 +4,9 @@ name.
 lm-eval results files as this project writes and reads them (sweeps, leaderboard, demo):
 
 A sweep writes one lm-eval results JSON per quantization scheme, named by
-:func:`scheme_filename` (``bnb-fp4`` -> ``bnb-fp4.json``, ``rtn:4:g128`` -> ``rtn_4_g128.json``;
-scheme names never contain ``_``, so the mapping is reversible).
+:func:`scheme_filename` (``bnb-fp4`` -> ``bnb-fp4.json``, ``rtn:4:g128`` -> ``rtn_4_g128.json``,
+``gguf:q4_k_m`` -> ``gguf_q4__k__m.json``: ``:`` becomes ``_`` and ``_`` becomes ``__``; a ``_``
+next to a ``:`` or at either end is refused, so the mapping is reversible).
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from .errors import MuseQuantError
 
 
 def scheme_filename(scheme: str) -> str:
-    if "_" in scheme or "/" in scheme:
+    """``rtn:4:g128`` -> ``rtn_4_g128.json``; ``gguf:q4_k_m`` -> ``gguf_q4__k__m.json``."""
+    if ("/" in scheme or "\\" in scheme or "_:" in scheme or ":_" in scheme
+            or scheme.startswith("_") or scheme.endswith("_")):
         raise MuseQuantError(f"scheme {scheme!r} cannot be used as a file name",
-                             "scheme strings use ':' and '-' only")
-    return scheme.replace(":", "_") + ".json"
+                             "scheme strings use ':' between arguments and no '/'")
+    return scheme.replace("_", "__").replace(":", "_") + ".json"
 
 
 def scheme_from_filename(name: str) -> str:
+    """The inverse of :func:`scheme_filename`."""
     stem = Path(name).name
     if not stem.endswith(".json"):
         raise MuseQuantError(f"{name}: results files are named <scheme>.json")
-    return stem[:-len(".json")].replace("_", ":")
+    return stem[:-len(".json")].replace("__", "\0").replace("_", ":").replace("\0", "_")
 
 
 def load_results(path: str | Path) -> dict:

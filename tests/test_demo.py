@@ -46,8 +46,17 @@ def test_fast_demo_runs_every_stage(fast_demo):
     assert loaded.problems == []
     assert {e.slug for e in loaded.entries} == {
         "toy-news-target", "toy-news-retrain", "toy-news-ga-gdr", "toy-news-npo-klr-sure"}
-    for scheme in ("none", "bnb-fp4", "gptq_4", "awq_4", "rtn_4_g64", "bnb-int8"):
+    for scheme in ("none", "bnb-fp4", "gptq_4", "awq_4", "rtn_4_g64", "bnb-int8",
+                   "bnb-int8-real", "gguf_q4__k__m", "gguf_q8__0", "fp8_e4m3"):
         assert (out / "news" / "sweep" / "target" / "results" / f"{scheme}.json").exists()
+    # the deployment formats, next to the paper's schemes
+    assert summary["deployment"] == ["gguf:q4_k_m", "gguf:q8_0", "fp8:e4m3"]
+    assert "GDR/KLR baselines, retained knowledge full -> deployment formats" in text
+    # the toy's rows (128, 384) are not multiples of 256: llama.cpp's fallback types, recorded
+    q4km = summary["tensor_types"]["gguf:q4_k_m"]
+    assert q4km["fallbacks"] and set(q4km["fallbacks"]) <= {"Q4_K->Q5_0", "Q6_K->Q8_0"}
+    assert "fallback applies: Q4_K->Q5_0" in text
+    assert "Q4_K_M" in (out / "news_retained.svg").read_text()
 
 
 @pytest.mark.slow
@@ -78,7 +87,8 @@ def test_default_configuration_is_the_issue_list():
     assert DEFAULT.methods == METHODS
     assert set(METHODS) >= {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr",
                             "ga_gdr_sure", "npo_klr_sure"}
-    assert DEFAULT.schemes == ("none", "bnb-int8", "bnb-fp4", "rtn:4:g64", "gptq:4", "awq:4")
+    assert DEFAULT.schemes == ("none", "bnb-int8", "bnb-int8-real", "bnb-fp4", "rtn:4:g64",
+                               "gptq:4", "awq:4", "gguf:q4_k_m", "gguf:q8_0", "fp8:e4m3")
     args = DEFAULT.unlearn.arguments("npo_klr_sure")
     # the demo's lrs are MUSE's x10 with the paper's SURE:baseline ratio of 10 (see config.py)
     assert args[args.index("--lr") + 1] == "0.001"
@@ -110,3 +120,38 @@ def test_recovery_map_reports_where_recovery_appears(tmp_path):
     assert is_recovery(report["points"][0]) and not is_recovery(report["points"][1])
     svg = plot_map(report, tmp_path / "map.svg").read_text()
     assert "recovery map, news toy" in svg
+
+
+def test_summary_shows_the_deployment_formats(tmp_path):
+    from harness_ext.demo.summary import format_summary, plot_retained, tensor_types
+
+    results = tmp_path / "results"
+    results.mkdir()
+    report = {"type_counts": {"Q5_0": 1, "Q8_0": 2},
+              "tensors": {"blk.0.attn_q": {"type": "Q5_0", "fallback_from": "Q4_K"},
+                          "blk.0.attn_v": {"type": "Q8_0", "fallback_from": "Q6_K"},
+                          "output": {"type": "Q8_0"}}}
+    (results / "gguf_q4__k__m.json").write_text(json.dumps(
+        {"results": {}, "config": {"muse_quant": {"quantization": report}}}))
+    types = tensor_types(results, "gguf:q4_k_m")
+    assert types == {"type_counts": {"Q5_0": 1, "Q8_0": 2}, "tensors": 3,
+                     "fallbacks": {"Q4_K->Q5_0": 1, "Q6_K->Q8_0": 1}}
+    assert tensor_types(results, "fp8:e4m3") is None  # no results file / no per-tensor types
+    schemes = ["none", "bnb-fp4", "gguf:q4_k_m", "fp8:e4m3"]
+    retained = dict(zip(schemes, [10.0, 12.0, 30.0, 11.0]))
+    s = {"corpus": "news", "schemes": schemes, "references": {},
+         "rows": [{"method": "ga_gdr", "baseline": True, "retained": retained,
+                   "knowmem_r": {"none": 7.0}, "survival_ratio": {"bnb-fp4": 2.5}}],
+         "baseline_average": retained, "paper_average": [21, 83], "recovery": False,
+         "deployment": ["gguf:q4_k_m", "fp8:e4m3"],
+         "deployment_labels": {"gguf:q4_k_m": "Q4_K_M", "fp8:e4m3": "FP8"},
+         "tensor_types": {"gguf:q4_k_m": types}}
+    text = format_summary(s)
+    main_table, deployment = text.split("deployment formats (")
+    assert "bnb-fp4" in main_table and "Q4_K_M" not in main_table and "fp8" not in main_table
+    assert deployment.splitlines()[1].split() == ["method", "full", "Q4_K_M", "FP8"]
+    assert "full -> deployment formats: 10.0% -> Q4_K_M 30.0%, FP8 11.0%" in text
+    assert ("Q4_K_M here: Q5_0 x1, Q8_0 x2; rows not a multiple of 256, so llama.cpp's "
+            "fallback applies: Q4_K->Q5_0 x1, Q6_K->Q8_0 x1") in text
+    svg = plot_retained(s, tmp_path / "news_retained.svg").read_text()
+    assert "Q4_K_M" in svg and "FP8" in svg and "4-bit (bnb-fp4)" in svg

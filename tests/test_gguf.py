@@ -258,10 +258,14 @@ def test_diagnose_sees_the_per_tensor_types_of_a_mix():
     model = small(num_hidden_layers=8, intermediate_size=256)
     names = ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]
     out = list(parse_scheme("gguf:q4_k_m").diagnostic_weights(model, names))
-    assert [name for name, _, _ in out] == names and all(step is None for _, _, step in out)
-    for (name, q, _), ggml_type in zip(out, ["Q6_K", "Q4_K"]):  # use_more_bits(0 / 1, 8)
+    assert [name for name, _, _ in out] == names
+    for (name, q, step), ggml_type in zip(out, ["Q6_K", "Q4_K"]):  # use_more_bits(0 / 1, 8)
         w = model.get_submodule(name).weight.detach().numpy()
         assert np.array_equal(q.numpy(), kq.fake_quantize(w, ggml_type)), name
+        # the step is the element's sub-block scale at that type (16 values for Q6_K, 32 Q4_K)
+        group = {"Q6_K": 16, "Q4_K": 32}[ggml_type]
+        assert step.shape == q.shape and bool((step > 0).all())
+        assert torch.unique(step.reshape(-1, group), dim=1).shape[1] == 1
     assert "gguf:TYPE" in [usage for _, usage, _ in available_schemes()]
 
 

@@ -255,5 +255,9 @@ def test_code_and_scale_determine_the_value(scheme):
     changed = quantizer.quantize_weight(a) != quantizer.quantize_weight(b)
     assert not changed[same_code & same_scale].any()
     assert changed[~same_code & same_scale].all() and (~same_code & same_scale).any()
+    # the bitsandbytes kernels store the fake kind's codes (on a CPU, FP4 with the CPU rounding);
+    # calibrated schemes have none
+    real = parse_scheme("bnb-fp4-real").codes(a)
+    assert torch.equal(real.codes, parse_scheme("bnb-fp4-cpu").codes(a).codes)
     with pytest.raises(NotImplementedError):
-        parse_scheme("bnb-fp4-real").codes(a)
+        parse_scheme("gptq:4").codes(a)

@@ -8,9 +8,12 @@
 Stages (each cached under --out; a re-run skips finished work, --fresh starts over):
   1. the embedded corpus; 2. base -> target (forget + retain) and retrain (retain) models;
   3. unlearning: GA, GA_GDR, GA_KLR, NPO, NPO_GDR, NPO_KLR, GA_GDR_SURE, NPO_KLR_SURE;
-  4. sweep none, bnb-int8, bnb-fp4, rtn:4:g64, gptq:4, awq:4 over every model;
+  4. sweep none, bnb-int8-real (LLM.int8), bnb-fp4, gptq:4, awq:4 and the deployment formats
+     gguf:q4_k_m, gguf:q8_0, fp8:e4m3 over every model (--fast adds bnb-int8 and rtn:4:g64);
   5. diagnose (update survival) and the leaderboard in OUT/leaderboard/;
-  6. the summary: retained knowledge % at full precision vs 4-bit, and the GDR/KLR average.
+  6. the summary: retained knowledge % at full precision vs 4-bit and vs the deployment formats
+     (the toy's rows of 128/384 values get llama.cpp's fallback types: Q4_K -> Q5_0, Q6_K ->
+     Q8_0; the summary lists them), and the GDR/KLR average.
 """
 
 from __future__ import annotations

@@ -33,13 +33,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from ..recipes import (DEMO_FAST_METHODS, DEMO_METHODS, DEMO_SCHEMES, RECOVERY_MAP_METHODS,
-                       SURE_PAPER, SURE_SUFFIX)
+from ..recipes import (DEMO_FAST_METHODS, DEMO_FAST_SCHEMES, DEMO_METHODS, DEMO_SCHEMES,
+                       RECOVERY_MAP_METHODS, SURE_PAPER, SURE_SUFFIX)
 from ..unlearning.config import UnlearnConfig
 
 #: the six MUSE baselines and the paper's two SURE settings
 METHODS = DEMO_METHODS
-#: the sweep: full precision, bitsandbytes int8 and FP4 (the paper's 4-bit), RTN, GPTQ and AWQ
+#: the sweep: the paper's schemes (full precision, LLM.int8, bitsandbytes FP4, GPTQ, AWQ) and the
+#: deployment formats (GGUF Q4_K_M, Q8_0, FP8); ``--fast`` adds the fake int8 and RTN
 SCHEMES = DEMO_SCHEMES
 
 
@@ -144,7 +145,7 @@ DEFAULT = DemoConfig()
 FAST = DemoConfig(
     name="fast",
     methods=DEMO_FAST_METHODS,
-    schemes=DEMO_SCHEMES,
+    schemes=DEMO_FAST_SCHEMES,
     model=replace(ModelRecipe(), num_hidden_layers=2, generic_docs=24, pretrain_epochs=1,
                   finetune_epochs=2, finetune_qa_shuffles=1, max_len=256),
     unlearn=replace(UnlearnRecipe(), max_steps=2),

@@ -58,13 +58,14 @@ _MIN = ("edge_min",)
 def _code_sums(sq, dq, codes_o, codes_u) -> dict:
     """The code / scale sums of one module (see :func:`module_sums`)."""
     flipped = codes_u.codes != codes_o.codes
-    scale_moved = codes_u.element_scales() != codes_o.element_scales()
-    edges = codes_o.near_zero_edge * codes_o.scales.double()
+    group_moved = codes_o.group_moved(codes_u)  # scale (or affine offset) changed
+    scale_moved = group_moved[codes_o.groups]
+    edges = codes_o.edges()
     n_groups = codes_o.scales.numel()
     flipped_groups = torch.zeros(n_groups, dtype=torch.bool)
     flipped_groups[codes_o.groups[flipped]] = True
     return {"code_flips": int(flipped.sum()), "groups": n_groups,
-            "scale_changes": int((codes_u.scales != codes_o.scales).sum()),
+            "scale_changes": int(group_moved.sum()),
             "flipped_groups": int(flipped_groups.sum()),
             "sq_dq_code": float(dq.square()[flipped].sum()),
             "sq_dq_scale": float(dq.square()[~flipped & scale_moved].sum()),
@@ -145,9 +146,9 @@ def layer_of(module_name: str) -> str:
     return match.group(1) if match else "other"
 
 
-def _codes_or_none(quantizer, theta_o, theta_u) -> tuple:
+def _codes_or_none(quantizer, name, theta_o, theta_u) -> tuple:
     try:
-        return quantizer.codes(theta_o), quantizer.codes(theta_u)
+        return quantizer.module_codes(name, theta_o), quantizer.module_codes(name, theta_u)
     except NotImplementedError:
         return None, None
 
@@ -187,7 +188,7 @@ def diagnose_models(model_o: torch.nn.Module, model_u: torch.nn.Module, schemes:
             theta_u = mods_u[name].weight.detach().cpu()
             sums = module_sums(theta_o, theta_u, q_o.cpu(), q_u.cpu(),
                                None if step is None else step.cpu(),
-                               *_codes_or_none(quantizer, theta_o, theta_u))
+                               *_codes_or_none(quantizer, name, theta_o, theta_u))
             modules[name] = finalize(sums)
             layers[layer_of(name)] = _add(layers.get(layer_of(name), {}), sums)
             overall = _add(overall, sums)

@@ -134,6 +134,11 @@ class Quantizer:
         """
         raise NotImplementedError
 
+    def module_codes(self, module_name: str, weight: torch.Tensor):
+        """:meth:`codes` of the weight of ``module_name``; schemes whose grid depends on the
+        module (GGUF mixes: a type per tensor) override it."""
+        return self.codes(weight)
+
     # -- model-level interface ----------------------------------------------------------
     def quantized_weights(self, model: torch.nn.Module, module_names: list[str],
                           calibration: Calibration | None = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MuseQuantError
+from ..io import scheme_filename
 from ..recipes import (CORPORA, PAPER_SCHEMES as DEFAULT_QUANT, REQUIRED_SCHEMES,
                        paper_hyperparameters)
 from .fit import check_gpus, fit_unlearning, launch_prefix
@@ -233,12 +234,12 @@ def build_plan(corpus: str, *, methods=None, quant=None, limit=None, out=None,
             return argv + (["--limit", str(limit)] if limit else [])
 
         cells = [Stage("sweep", f"sweep/{name}/{s}", sweep_argv(s),
-                       rdir / (s.replace(":", "_") + ".json"),
+                       rdir / scheme_filename(s),
                        estimate("eval", shape, a, limit=limit, scheme=s)) for s in schemes]
         total = Estimate(sum(c.est.disk_gb for c in cells), max(c.est.gpu_gb for c in cells),
                          sum(c.est.hours for c in cells))
         stages.append(Stage("sweep", f"sweep/{name}", sweep_argv(",".join(schemes)),
-                            rdir / (schemes[-1].replace(":", "_") + ".json"), total, cells))
+                            rdir / scheme_filename(schemes[-1]), total, cells))
         if gpus and total.gpu_gb > a.gpu_gb:
             stages[-1].fits = False
             stages[-1].setup = (f"cannot fit: evaluation needs {total.gpu_gb:.1f} GB on one GPU "

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import MuseQuantError
 from ..base import QUANTIZERS, Quantizer
-from .bnb_fake import BNB_DEFAULT_BLOCK, blockwise_4bit_step
+from .bnb_fake import BNB_DEFAULT_BLOCK, blockwise_4bit_quant_codes, blockwise_4bit_step
 
 if TYPE_CHECKING:
     import torch
@@ -216,10 +216,17 @@ class _Bnb4bitReal(_BnbReal):
                                         quant_type=self.kind)
         return F.dequantize_4bit(packed, state).reshape(weight.shape).to(weight.dtype)
 
+    def _fake_kind(self, weight) -> str:
+        """The fake kind with the rounding of the device's kernel (bnb_fake.KINDS)."""
+        return self.kind if self.kind == "nf4" or weight.is_cuda else f"{self.kind}-cpu"
+
     def quantization_step(self, weight):
-        # the fake kind with the rounding of the device's kernel (bnb_fake.KINDS)
-        kind = self.kind if self.kind == "nf4" or weight.is_cuda else f"{self.kind}-cpu"
-        return blockwise_4bit_step(weight, kind, BLOCK_4BIT)
+        return blockwise_4bit_step(weight, self._fake_kind(weight), BLOCK_4BIT)
+
+    def codes(self, weight):
+        """The stored 4-bit codes and float32 block absmax (those of the fake kind with the
+        device's rounding; a repacked CPU layer computes with the absmax rounded to bf16)."""
+        return blockwise_4bit_quant_codes(weight, self._fake_kind(weight), BLOCK_4BIT)
 
     def describe(self):
         return {**super().describe(), "bits": self.bits, "codebook": self.kind,
@@ -285,6 +292,16 @@ class BnbInt8Real(_BnbReal):
 
         w = weight.detach().to(torch.float16).float()
         return (w.abs().amax(dim=1, keepdim=True) / 127).expand_as(w).clone()
+
+    def codes(self, weight):
+        """Int8Params' CB (-127..127) and SCB (the float16-cast row's absmax), as bnb-int8's."""
+        import torch
+
+        from ..codes import QuantCodes
+
+        cb, scb, _ = _bnb().functional.int8_vectorwise_quant(weight.detach().to(torch.float16))
+        groups = torch.arange(cb.shape[0])[:, None].expand(cb.shape)
+        return QuantCodes(cb.long(), scb.float().reshape(-1), groups.clone(), (0,), 0.5 / 127)
 
     def describe(self):
         return {**super().describe(), "bits": self.bits, "granularity": "row",

@@ -110,6 +110,22 @@ class FP8(Quantizer):
         code = fp8_codes(weight, scale).view(torch.uint8) & 0x7F
         return _bucket_widths()[code.long()] * scale.float()
 
+    def codes(self, weight):
+        """The signed E4M3 code (+-0..126, the magnitude's bits; +0 and -0 are 0) and the row's
+        (tensor's) scale. Zero code 0 with edge 2^-10 (half the smallest subnormal, 2^-9): only
+        |w| < 2^-10 * scale rounds to 0, so FP8 keeps almost every small update."""
+        import torch
+
+        from ..codes import QuantCodes
+
+        scale = fp8_scale(weight, self.per_channel)
+        bits = fp8_codes(weight, scale).view(torch.uint8).long()
+        codes = torch.where(bits >= 128, -(bits & 0x7F), bits & 0x7F)
+        scales = scale.float().reshape(-1)
+        groups = (torch.arange(weight.shape[0])[:, None] if self.per_channel
+                  else torch.zeros(1, 1, dtype=torch.long)).expand(weight.shape)
+        return QuantCodes(codes, scales, groups.clone(), (0,), 2.0 ** -10)
+
     def describe(self):
         return {**super().describe(), "bits": 8, "format": "float8_e4m3fn",
                 "granularity": self.granularity, "weights_only": True}

@@ -126,6 +126,47 @@ def fake_quantize_tensor(weight: torch.Tensor, ggml_type: str) -> torch.Tensor:
     return torch.from_numpy(_kq().fake_quantize(source, ggml_type)).to(weight.dtype)
 
 
+def tensor_codes(weight: torch.Tensor, ggml_type: str, qdata=None):
+    """The :class:`~harness_ext.quantizers.codes.QuantCodes` of ``weight`` quantized to
+    ``ggml_type`` (its blocks' levels, scales and mins; :mod:`harness_ext.quantizers.gguf_codes`).
+
+    Symmetric types (Q4_0 Q5_0 Q8_0 Q3_K Q6_K): zero code 0, edge half a step. Types with a min
+    (Q4_1 Q5_1 Q2_K Q4_K Q5_K): per sub-block, the level nearest the value 0 and the distance to
+    its rounding boundary. The F16 fallback: the fp16 values' ranks, one group per row of scale
+    1, edge half the smallest fp16 subnormal (2^-25).
+    """
+    import torch
+
+    from .. import gguf_codes
+    from ..codes import grid_codes
+
+    if qdata is None:
+        qdata = _kq().quantize(weight.detach().to("cpu", torch.float32).numpy(), ggml_type)
+    if ggml_type == "F16":
+        ranks = gguf_codes.f16_ranks(_kq().dequantize(qdata, "F16"))
+        return grid_codes(torch.from_numpy(ranks), torch.ones(weight.shape[0]), weight.shape,
+                          edge=2.0 ** -25)
+    levels, scale, offset = gguf_codes.block_levels(qdata, ggml_type)
+    _, lo, hi, _ = gguf_codes.GROUPS[ggml_type]
+    return grid_codes(torch.from_numpy(levels), torch.from_numpy(scale), weight.shape,
+                      None if offset is None else torch.from_numpy(offset), (lo, hi))
+
+
+def quantized_with_step(weight: torch.Tensor, ggml_type: str):
+    """``(Q(W), Delta)`` from one quantization: Delta = |the scale of the element's group| (the
+    fp16 spacing of the value for F16)."""
+    import numpy as np
+    import torch
+
+    qdata = _kq().quantize(weight.detach().to("cpu", torch.float32).numpy(), ggml_type)
+    values = _kq().dequantize(qdata, ggml_type)
+    if ggml_type == "F16":
+        step = np.abs(np.spacing(values.astype(np.float16))).astype(np.float32)
+        return torch.from_numpy(values).to(weight.dtype), torch.from_numpy(step)
+    codes = tensor_codes(weight, ggml_type, qdata)
+    return torch.from_numpy(values).to(weight.dtype), codes.element_scales().clone()
+
+
 @dataclass
 class PlannedTensor:
     """One tensor of the emulated GGUF file and where its dequantized values go."""
@@ -168,6 +209,7 @@ class GGUF(Quantizer):
         if self.mix:
             self.modules = "block linears, the output and the token embedding (per-tensor types)"
         self.tensors: dict[str, dict] = {}
+        self.module_types: dict[str, str] = {}  # Linear module -> its ggml type (last plan)
         self.other_parameters_changed: list[str] = []
         self.tied_embeddings: bool | None = None
 
@@ -180,12 +222,29 @@ class GGUF(Quantizer):
             raise MuseQuantError(f"{self.scheme}: {module_name} has a {weight.dim()}-D weight; "
                                  "GGUF quantizes rows of 2-D weights")
 
-    def quantize_weight(self, weight):
+    def _single_type(self, weight) -> str:
         if self.mix:
             raise MuseQuantError(f"{self.scheme} chooses a type per tensor from its name",
                                  "quantize a whole model (quantize_model / quantized_weights)")
         self.check_weight("weight", weight)
-        return fake_quantize_tensor(weight, shape_fallback(self.ggml_type, weight.shape[-1]))
+        return shape_fallback(self.ggml_type, weight.shape[-1])
+
+    def quantize_weight(self, weight):
+        return fake_quantize_tensor(weight, self._single_type(weight))
+
+    def quantization_step(self, weight):
+        """Delta = |the scale of the element's block / sub-block| (Q4_K: d * sc of its 32)."""
+        return quantized_with_step(weight, self._single_type(weight))[1]
+
+    def codes(self, weight):
+        """The levels and (sub-)block scales and mins of the GGUF blocks (:func:`tensor_codes`)."""
+        return tensor_codes(weight, self._single_type(weight))
+
+    def module_codes(self, module_name, weight):
+        """The codes of ``module_name`` at the type the last plan chose for it (mixes)."""
+        if module_name in self.module_types:
+            return tensor_codes(weight, self.module_types[module_name])
+        return self.codes(weight)
 
     # -- the file ------------------------------------------------------------------------
     def plan(self, model: torch.nn.Module, module_names: list[str]) -> list[PlannedTensor]:
@@ -254,6 +313,7 @@ class GGUF(Quantizer):
 
     def _record(self, plan: list[PlannedTensor]) -> None:
         self.tensors = {p.gguf_name: p.record() for p in plan}
+        self.module_types = {name: p.ggml_type for p in plan for name in p.modules}
         self.other_parameters_changed = sorted(n for p in plan for n in p.parameters)
 
     # -- model-level interface ----------------------------------------------------------
@@ -269,16 +329,18 @@ class GGUF(Quantizer):
                     yield name, quantized
 
     def diagnostic_weights(self, model, module_names, calibration=None):
-        """Q(W) of ``module_names`` as the scheme quantizes them in the model (no step)."""
+        """Q(W) of ``module_names`` as the scheme quantizes them in the model, and Delta (the
+        element's block scale at the tensor's type). The token embedding, which a mix also
+        quantizes, is no Linear and is not diagnosed."""
         wanted = set(module_names)
         plan = self.plan(model, module_names)
         self._record(plan)
         for item in plan:
             names = [name for name in item.modules if name in wanted]
             if names:
-                quantized = fake_quantize_tensor(item.weight, item.ggml_type)
+                quantized, step = quantized_with_step(item.weight, item.ggml_type)
                 for name in names:
-                    yield name, quantized, None
+                    yield name, quantized, step
 
     def apply(self, model, module_names, calibration=None, progress=False):
         from ..apply import write_parameters, write_weights

@@ -70,6 +70,22 @@ class HQQ(Quantizer):
         scale = self._layer(weight).meta["scale"].float().abs()
         return scale.reshape(-1, 1).expand(-1, self.group_size).reshape(weight.shape).clone()
 
+    def codes(self, weight):
+        """hqq's unpacked W_q (0..2^N-1) with each group's scale and zero: value = (q - zero) *
+        scale, an affine grid with offset -zero * scale (the near-zero code is round(zero))."""
+        import torch
+
+        from ..codes import grid_codes
+
+        layer = self._layer(weight)
+        meta = layer.meta
+        quantize = require("hqq.core.quantize", self.scheme, "hqq")
+        levels = quantize.Quantizer.unpack[meta["packing"]](layer.W_q, dtype=torch.float32)
+        n_groups = weight.numel() // self.group_size
+        levels = levels[:n_groups]  # 3-bit packing pads the rows
+        scale, zero = meta["scale"].float().reshape(-1), meta["zero"].float().reshape(-1)
+        return grid_codes(levels, scale, weight.shape, -zero * scale, (0, 2 ** self.bits - 1))
+
     def describe(self):
         return {**super().describe(), "bits": self.bits, "group_size": self.group_size,
                 "optimizer": "hqq proximal (CPU, float32)"}

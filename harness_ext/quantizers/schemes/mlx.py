@@ -93,6 +93,16 @@ class MLX(Quantizer):
         rows, groups, _ = scale.shape
         return scale.abs().float().expand(rows, groups, self.group_size).reshape(weight.shape)
 
+    def codes(self, weight):
+        """q in 0..2^N-1 per element, each group's |scale| and bias (an affine grid: the near-zero
+        code is the level nearest -bias/scale, :func:`~harness_ext.quantizers.codes.grid_codes`)."""
+        from ..codes import grid_codes
+
+        self.check_weight("weight", weight)
+        q, scale, bias = mlx_affine(weight, self.bits, self.group_size)
+        return grid_codes(q.reshape(-1, self.group_size), scale.reshape(-1), weight.shape,
+                          bias.reshape(-1), (0, 2 ** self.bits - 1))
+
     def describe(self):
         return {**super().describe(), "bits": self.bits, "group_size": self.group_size,
                 "mode": "affine"}

@@ -94,6 +94,20 @@ class TorchAO(Quantizer):
         per = weight.shape[1] // scale.shape[1]
         return scale.repeat_interleave(per, dim=1).reshape(weight.shape)
 
+    def codes(self, weight):
+        """torchao's ``qdata`` minus its zero point (0 for these symmetric configs): the signed
+        level, with the row's / group's scale; zero code 0, edge half a step."""
+        from ..codes import grid_codes
+
+        quantized = self._quantized(weight)
+        scale = quantized.scale.detach().float()
+        group = weight.shape[1] // scale.shape[1]
+        levels = quantized.qdata.detach().long().reshape(-1, group)
+        zero_point = getattr(quantized, "zero_point", None)
+        if zero_point is not None:
+            levels = levels - zero_point.long().reshape(-1, 1)
+        return grid_codes(levels, scale.reshape(-1), weight.shape)
+
     def describe(self):
         return {**super().describe(), "bits": 4 if self.dtype == "int4" else 8,
                 "granularity": f"group{self.group_size}" if self.group_size else "channel",
