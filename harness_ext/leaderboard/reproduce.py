@@ -167,14 +167,15 @@ def reproduce(root: str | Path, slug: str, pretrained: str | None = None,
         raise MuseQuantError(f"{entry.slug} has no run card, so its unlearning cannot be re-run",
                              "reproduce re-runs entries added with the run_card.json of "
                              "`muse-quant unlearn`")
-    sweep_options = _command_options("sweep")
-    schemes = _schemes(entry)
-    first = entry.results[schemes[0]]
-    unlearn_argv = None
+    unlearn_argv = None  # everything taken from the submission is checked before any run
     if entry.kind == "method":
-        _command_options("unlearn")
         unlearn_argv = unlearn_arguments(card["command"], "OUT", pretrained, entry.corpus)
     model_args = _model_args(entry, pretrained, "UNLEARNED" if unlearn_argv else None)
+    schemes = _schemes(entry)
+    first = entry.results[schemes[0]]
+    sweep_options = _command_options("sweep")
+    if unlearn_argv is not None:
+        _command_options("unlearn")
     lines = []
     with tempfile.TemporaryDirectory(prefix=f"reproduce-{entry.slug}-", dir=workdir) as tmp:
         tmp = Path(tmp)
