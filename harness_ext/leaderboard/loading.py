@@ -59,13 +59,22 @@ def plain_problems(data, where: str, limit: int = 5) -> list[str]:
 class _DataLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` without implicit timestamps (dates stay strings) and without aliases."""
 
+    _depth = 0
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
                 None, None, f"alias *{event.anchor} is not allowed (write the value out)",
                 event.start_mark)
-        return super().compose_node(parent, index)
+        if self._depth > MAX_DEPTH:  # stop early, not at Python's recursion limit
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} "
+                                              f"levels deep", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _DataLoader.yaml_implicit_resolvers = {
@@ -108,8 +117,9 @@ _FLAT = (f"write plain mappings, lists, strings and finite numbers, at most {MAX
 def load_plain_yaml(text: str, where: str):
     """Parse YAML as plain data: only str/int/float/bool/null/map/seq; no tags, aliases,
     duplicate keys or non-string keys. Raises :class:`MuseQuantError` naming the problem."""
-    loader = _DataLoader(text)
+    loader = None
     try:
+        loader = _DataLoader(text)  # refuses non-printable characters (yaml.ReaderError)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -133,7 +143,8 @@ def load_plain_yaml(text: str, where: str):
         raise MuseQuantError(f"{where}: a value cannot be read ({str(exc)[:100]})", _FLAT) \
             from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _too_large(path: Path, cap: int, where: str) -> list[str]:
