@@ -14,6 +14,7 @@ import yaml
 from harness_ext.evaluation import samples
 from harness_ext.hashing import content_sha256
 from harness_ext.io import scheme_filename
+from harness_ext.leaderboard.samples_check import recomputed_aggregates
 
 SUFFIXES = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 SHA = "0123456789abcdef" * 4
@@ -129,7 +130,7 @@ def write_results(folder: Path, data: dict, name: str | None = None,
     path = folder / (name or scheme_filename(scheme))
     if with_samples:
         per_doc = make_samples(data)
-        for task, values in samples.recompute_aggregates(per_doc).items():
+        for task, values in recomputed_aggregates(samples.dumps(per_doc), per_doc).items():
             data["results"][task].update(values)
             data["n-samples"][task] = {"original": values["sample_len"],
                                        "effective": values["sample_len"]}

@@ -12,6 +12,8 @@ and lie within the metric's unit. A consistent forgery of the per-document score
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from pathlib import Path
 
 from ..errors import MuseQuantError
@@ -32,6 +34,21 @@ MISSING_HELP = (f"every results file comes with the <scheme>{SUFFIX} file `muse-
 #: per-document Min-K% scores (mean negative log-probability of the lowest tokens): finite and
 #: far below this
 MAX_SCORE = 1e6
+
+
+_RECOMPUTED: dict[str, dict] = {}  # sha256 of a samples file's text -> its aggregates
+
+
+def recomputed_aggregates(text: str, samples: dict) -> dict:
+    """:func:`~harness_ext.evaluation.samples.recompute_aggregates` of ``samples`` (parsed from
+    ``text``), remembered by the text's sha256: a board often holds files with equal scores, and
+    the AUCs are the slow part (scikit-learn)."""
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    if key not in _RECOMPUTED:
+        if len(_RECOMPUTED) >= 256:
+            _RECOMPUTED.clear()
+        _RECOMPUTED[key] = samples_file.recompute_aggregates(samples)
+    return copy.deepcopy(_RECOMPUTED[key])
 
 
 def samples_name(results_name: str) -> str:
@@ -112,7 +129,8 @@ def samples_problems(results: dict, results_path: Path, where: str, aggregations
     if problems:
         return problems
     try:
-        mismatches = samples_file.aggregate_mismatches(results, samples)
+        mismatches = samples_file.aggregate_mismatches(
+            results, samples, recomputed_aggregates(text, samples))
     except MuseQuantError as exc:
         return [f"{at}: {exc.problem}"]
     except (ArithmeticError, ValueError, TypeError) as exc:
