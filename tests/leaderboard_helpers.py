@@ -1,6 +1,7 @@
 """Hand-made leaderboard fixtures: lm-eval results files with the structure `muse-quant eval` /
 `sweep` write (keys and nesting copied from a real muse_news_quant results file), with metric
-values chosen by the test."""
+values chosen by the test, and beside each the per-document scores (`.samples.jsonl`) that
+`muse-quant sweep` writes, from which the validator recomputes every aggregate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from harness_ext.evaluation import samples
+from harness_ext.hashing import content_sha256
 from harness_ext.io import scheme_filename
+from harness_ext.leaderboard.samples_check import recomputed_aggregates
 
 SUFFIXES = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 SHA = "0123456789abcdef" * 4
@@ -20,7 +24,7 @@ def make_results(corpus: str = "news", scheme: str = "none", verbmem: float = 50
                  knowmem_f: float = 40.0, privleak: float = -90.0, knowmem_r: float = 30.0,
                  muse_data: str | None = "embedded", pretrained: str = "/models/target",
                  unlearned: str | None = None, limit: float | None = None,
-                 version: float = 1.0) -> dict:
+                 version: float = 1.0, unlearned_sha256: str | None = None) -> dict:
     """One results file as lm-eval 0.4.13 writes it for the muse_<corpus>_quant group."""
     tasks = [f"muse_{corpus}_{s}" for s in SUFFIXES]
     group = f"muse_{corpus}_quant"
@@ -47,8 +51,11 @@ def make_results(corpus: str = "news", scheme: str = "none", verbmem: float = 50
     quantization = {"scheme": scheme, "family": scheme.split(":")[0], "n_modules":
                     0 if scheme == "none" else 28, "modules": [], "quant_lm_head": False,
                     "seconds": 0.0, "total_seconds": 0.0}
+    if unlearned is not None and unlearned_sha256 is None:
+        unlearned_sha256 = content_sha256(unlearned)[0] if Path(unlearned).exists() else SHA
     unlearned_report = None if unlearned is None else {
-        "kind": "delta", "path": unlearned, "tensors_changed": 28, "update_l2_norm": 0.5}
+        "kind": "delta", "path": unlearned, "sha256": unlearned_sha256, "tensors_changed": 28,
+        "update_l2_norm": 0.5}
     model_args = {"pretrained": pretrained, "quant": scheme}
     if unlearned:
         model_args["unlearned"] = unlearned
@@ -74,10 +81,60 @@ def make_results(corpus: str = "news", scheme: str = "none", verbmem: float = 50
     }
 
 
-def write_results(folder: Path, data: dict, name: str | None = None) -> Path:
+def make_samples(data: dict) -> dict:
+    """Per-document scores that aggregate to ``data``'s metrics: every document of a mean
+    metric scores the metric's value; PrivLeak's Min-K% scores are ordered so that the AUC of
+    forget (label 0) vs holdout (label 1) is the one ``privleak`` and ``mink40_auc`` say, to
+    1/(n/2)^2. The results' aggregates are then set to what these scores give (equal to the
+    chosen values for the round numbers tests use)."""
+    tasks = []
+    for task, row in data["results"].items():
+        n = row.get("sample_len")
+        if n is None:
+            continue
+        if task.endswith("_privleak"):
+            ref = row["privleak_retrain_auc,none"]
+            auc = ref * (1 + row["privleak,none"] / 100)
+            half = n // 2
+            pairs = round(auc * half * half)  # holdout-forget pairs with holdout score lower
+            # forget scores 1..half; holdout i gets a score below `k_i` forget scores
+            forget = [float(i + 1) for i in range(half)]
+            holdout = []
+            for _ in range(half):
+                k = min(half, pairs)
+                pairs -= k
+                holdout.append(float(half - k) + 0.5)  # lower than k forget scores
+            values = [[s, 0] for s in forget] + [[s, 1] for s in holdout]
+            metrics = {"privleak": {"aggregation": "agg_privleak",
+                                    "values": [v + [ref] for v in values]},
+                       "mink40_auc": {"aggregation": "agg_mink40_auc", "values": values},
+                       "privleak_retrain_auc": {"aggregation": "mean",
+                                                "values": [ref] * len(values)}}
+        else:
+            metrics = {key.partition(",")[0]: {"aggregation": "mean", "values": [value] * n}
+                       for key, value in row.items()
+                       if key.endswith(",none") and "_stderr" not in key}
+        tasks.append({"task": task, "filter": "none", "doc_id": list(range(
+            len(next(iter(metrics.values()))["values"]))), "metrics": metrics})
+    return {"header": {"format": samples.FORMAT, "version": samples.VERSION,
+                       "bootstrap_iters": 100000, "float_sum": samples.python_float_sum()},
+            "tasks": tasks}
+
+
+def write_results(folder: Path, data: dict, name: str | None = None,
+                  with_samples: bool = True) -> Path:
+    """``<scheme>.json`` and (``with_samples``) its ``.samples.jsonl``; the aggregates of
+    ``data`` are replaced by those recomputed from the samples (as a sweep writes them)."""
     folder.mkdir(parents=True, exist_ok=True)
     scheme = data["config"]["muse_quant"]["quantization"]["scheme"]
     path = folder / (name or scheme_filename(scheme))
+    if with_samples:
+        per_doc = make_samples(data)
+        for task, values in recomputed_aggregates(samples.dumps(per_doc), per_doc).items():
+            data["results"][task].update(values)
+            data["n-samples"][task] = {"original": values["sample_len"],
+                                       "effective": values["sample_len"]}
+        samples.write(samples.samples_path(path), per_doc)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

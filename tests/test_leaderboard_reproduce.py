@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness_ext.cli import commands, main
-from harness_ext.leaderboard.check import _command_options
+from harness_ext.leaderboard.reproduce import _command_options
 from harness_ext.leaderboard.validator import check_results, current_tasks, load_board
 
 SCHEMES = "none,bnb-int8,bnb-fp4"
@@ -80,5 +80,6 @@ def test_reproduce_toy_entry(small_model_dir, tmp_path, capsys):
     assert load_board(root).problems == []
     capsys.readouterr()
     # re-run the unlearning from the run card and the sweep, compare every value exactly
-    assert main(["leaderboard", "check", "--root", str(root), "--reproduce", "toy-ga"]) == 0
+    assert main(["leaderboard", "check", "--root", str(root), "--reproduce", "toy-ga",
+                 "--pretrained", str(small_model_dir)]) == 0
     assert "toy-ga: reproduced exactly" in capsys.readouterr().out

@@ -2,7 +2,8 @@
 
   muse-quant leaderboard add --corpus news --slug my-method --results OUT/ --checkpoint PATH
   muse-quant leaderboard check                 validate, rebuild, fail on drift (CI runs this)
-  muse-quant leaderboard check --reproduce SLUG   re-run one toy entry on CPU, compare exactly
+  muse-quant leaderboard check --reproduce SLUG --pretrained DIR
+                                               re-run one toy entry on CPU, compare exactly
   muse-quant leaderboard build                 write leaderboard/README.md and the plots
 
 Run from the repository root (or pass --root). See CONTRIBUTING.md, "Submitting to the
@@ -36,9 +37,11 @@ def add_arguments(parser) -> None:
     p.add_argument("--reproduce", metavar="SLUG",
                    help="instead: re-run this toy entry (unlearning from its run card, then the "
                         "sweep) and compare every committed value exactly")
-    p.add_argument("--pretrained", help="with --reproduce: the base model folder to use "
-                                        "(default: the path in the run card / results)")
-    p.add_argument("--workdir", help="with --reproduce: where temporary outputs go")
+    p.add_argument("--pretrained", help="with --reproduce: the base model folder (the target "
+                                        "model; for a target / retrain entry, that model). "
+                                        "Required: no path named by a submission is loaded")
+    p.add_argument("--workdir", help="with --reproduce: an existing folder for the temporary "
+                                     "outputs")
 
     p = action("add", "copy a sweep's results into a new entry and write its entry.yaml", _add)
     p.add_argument("--corpus", required=True, choices=["news", "books"])
@@ -95,6 +98,13 @@ def _check(args) -> int:
     if report.ok:
         print(f"leaderboard OK: {report.entries} valid entries, generated files up to date")
         return 0
+    if report.problems:  # every problem of every entry was printed above
+        from ..errors import MuseQuantError
+
+        raise MuseQuantError(f"leaderboard check FAILED: {len(report.problems)} problem(s) in "
+                             f"the submissions (listed above as 'invalid:')",
+                             "fix each listed file; see CONTRIBUTING.md, \"Submitting to the "
+                             "leaderboard\", for the rules")
     print(f"leaderboard check FAILED: {len(report.problems)} problem(s), {len(report.stale)} "
           f"missing or out-of-date generated file(s)", file=sys.stderr)
     return 1

@@ -275,10 +275,12 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def aggregate_mismatches(results: dict, samples: dict) -> list[str]:
+def aggregate_mismatches(results: dict, samples: dict, recomputed: dict | None = None) \
+        -> list[str]:
     """Where a results file's aggregates differ from those recomputed from ``samples`` (empty
-    when every aggregate, standard error and sample count matches exactly)."""
-    recomputed = recompute_aggregates(samples)
+    when every aggregate, standard error and sample count matches exactly). ``recomputed``:
+    :func:`recompute_aggregates` of ``samples`` when the caller has it already."""
+    recomputed = recompute_aggregates(samples) if recomputed is None else recomputed
     reported = results.get("results") or {}
     problems = []
     for task, values in reported.items():

@@ -1,8 +1,11 @@
 """``muse-quant leaderboard add``: turn a sweep's output folder into a leaderboard entry.
 
-Copies the ``<scheme>.json`` results files byte for byte, hashes the checkpoint, writes a filled-in
-``entry.yaml`` and validates the new entry before it appears under
-``submissions/<corpus>/<slug>/``. An existing slug is never overwritten.
+Copies the ``<scheme>.json`` results files and their per-document scores
+(``<scheme>.samples.jsonl``) byte for byte, hashes the checkpoint and checks that it is the one the
+results were computed from (the sweep records its hash in ``config.muse_quant.unlearned.sha256``),
+writes a filled-in ``entry.yaml`` and validates the new entry (the same validation as ``check``
+and ``build``) before it appears under ``submissions/<corpus>/<slug>/``. An existing slug is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from pathlib import Path
 import yaml
 
 from ..errors import MuseQuantError
+from ..evaluation.samples import samples_path
 from ..io import recorded_scheme, scheme_from_filename
 from ..recipes import CORPORA, REQUIRED_SCHEMES
 
+from .bounds import entry_number_problems
 from .entry import ENTRY_FILE, KINDS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, data_source_kind
+from .loading import plain_problems
+from .results_check import structure_problems
 from .validator import load_board, load_entry, schema_problems, target_problems
 
 def checkpoint_sha256(path: str | Path, progress: bool = False) -> tuple[str, str]:
@@ -44,20 +51,63 @@ def find_results(results_dir: str | Path) -> dict[str, Path]:
     if not results_dir.is_dir():
         raise MuseQuantError(f"--results {results_dir}: no such folder",
                              "pass the --output_path folder of `muse-quant sweep`")
-    found = {}
+    found, problems = {}, []
     for path in sorted(results_dir.glob("*.json")):
-        try:
+        try:  # UnicodeDecodeError, JSONDecodeError, an integer of > 4300 digits: ValueError
             data = json.loads(path.read_text(encoding="utf-8"))
             scheme = scheme_from_filename(path.name)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, MuseQuantError):
+        except (OSError, ValueError, RecursionError):
             continue
-        if isinstance(data, dict) and "results" in data and recorded_scheme(data):
+        if not isinstance(data, dict) or "results" not in data:
+            continue
+        file_problems = plain_problems(data, path.name) or structure_problems(data, path.name)
+        if file_problems:
+            problems += file_problems
+        elif recorded_scheme(data):
             found[scheme] = path
+    if problems:
+        raise MuseQuantError(f"results files in {results_dir} are damaged:\n  "
+                             + "\n  ".join(problems),
+                             "add the files `muse-quant sweep` wrote, unedited (or re-run it)")
     if not found:
         raise MuseQuantError(f"no <scheme>.json results files in {results_dir}",
                              f"run `muse-quant sweep --quant {','.join(REQUIRED_SCHEMES)},... "
                              f"--output_path {results_dir}` first")
     return found
+
+
+def recorded_checkpoint_hashes(files: dict[str, Path]) -> dict[str, object]:
+    """``{scheme: config.muse_quant.unlearned.sha256}`` of each results file (None when the file
+    records no unlearned checkpoint or no hash)."""
+    out = {}
+    for scheme, path in files.items():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        info = (data.get("config") or {}).get("muse_quant") or {}
+        unlearned = info.get("unlearned") if isinstance(info, dict) else None
+        out[scheme] = unlearned.get("sha256") if isinstance(unlearned, dict) else None
+    return out
+
+
+def verify_checkpoint(files: dict[str, Path], digest: str, checkpoint, kind: str) -> None:
+    """A method entry's checkpoint must be the one every results file was computed from."""
+    if kind != "method":
+        return
+    recorded = recorded_checkpoint_hashes(files)
+    missing = sorted(s for s, h in recorded.items() if h is None)
+    if missing:
+        raise MuseQuantError(f"the results files {', '.join(missing)} record no unlearned "
+                             f"checkpoint hash (config.muse_quant.unlearned.sha256), so they "
+                             f"cannot be tied to --checkpoint {checkpoint}",
+                             "re-run `muse-quant sweep --model_args pretrained=...,unlearned="
+                             "CKPT` with this version of muse-quant and add its output")
+    wrong = sorted(s for s, h in recorded.items() if h != digest)
+    if wrong:
+        theirs = sorted({str(recorded[s])[:12] for s in wrong})
+        raise MuseQuantError(f"--checkpoint {checkpoint} has sha256 {digest[:12]}…, but the "
+                             f"results {', '.join(wrong)} were computed from a checkpoint with "
+                             f"sha256 {', '.join(t + '…' for t in theirs)}",
+                             "pass the checkpoint given as unlearned= to the sweep that wrote "
+                             "these results (or re-run the sweep on this checkpoint)")
 
 
 def _git_user() -> str | None:
@@ -165,8 +215,9 @@ def add_entry(root: str | Path, corpus: str, slug: str, results: str | Path,
     if card_path is not None:
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MuseQuantError(f"--run_card {card_path}: not a readable JSON file ({exc})",
+        except (OSError, ValueError, RecursionError) as exc:
+            raise MuseQuantError(f"--run_card {card_path}: not a readable JSON file "
+                                 f"({str(exc)[:200]})",
                                  "pass the run_card.json written by `muse-quant unlearn`") \
                 from None
     if kind == "method" and card is None and not hyperparameters:
@@ -214,7 +265,8 @@ def add_entry(root: str | Path, corpus: str, slug: str, results: str | Path,
                  "submitted_by": submitted_by})
     if notes:
         meta["notes"] = notes
-    problems = schema_problems(meta, ENTRY_FILE)
+    problems = plain_problems(meta, ENTRY_FILE) or schema_problems(meta, ENTRY_FILE) or \
+        entry_number_problems(meta, ENTRY_FILE)
     if problems:
         raise MuseQuantError("the entry would not be valid:\n  " + "\n  ".join(problems),
                              "fix the options above")
@@ -228,6 +280,9 @@ def add_entry(root: str | Path, corpus: str, slug: str, results: str | Path,
         (staging / RESULTS_DIR).mkdir(parents=True)
         for path in files.values():
             shutil.copyfile(path, staging / RESULTS_DIR / path.name)
+            if samples_path(path).is_file():  # missing: the validation below says so
+                shutil.copyfile(samples_path(path),
+                                staging / RESULTS_DIR / samples_path(path).name)
         text = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100)
         (staging / ENTRY_FILE).write_text(HEADER + text, encoding="utf-8")
         entry, problems = load_entry(staging, corpus)
@@ -241,6 +296,7 @@ def add_entry(root: str | Path, corpus: str, slug: str, results: str | Path,
             raise MuseQuantError(f"the new entry {corpus}/{slug} is not valid:\n  "
                                  + "\n  ".join(problems),
                                  "fix the results files or options above; nothing was added")
+        verify_checkpoint(files, digest, checkpoint, kind)
         if final.exists():  # appeared meanwhile
             raise MuseQuantError(f"the entry {final} already exists",
                                  "choose another --slug (existing entries are never overwritten)")

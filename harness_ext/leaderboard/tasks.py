@@ -30,23 +30,36 @@ def _read_task_yaml(path: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _current_tasks_cached(tasks_dir: str) -> dict:
-    versions = {}
+def _current_tasks_cached(tasks_dir: str) -> tuple[dict, dict]:
+    versions, aggregations = {}, {}
     for path in sorted(Path(tasks_dir).rglob("*.yaml")):
         config = _read_task_yaml(path)
         name = config.get("task") if isinstance(config.get("task"), str) else config.get("group")
         if isinstance(name, str):
             versions[name] = (config.get("metadata") or {}).get("version")
-    return versions
+            # "mean", or "!function utils.agg_privleak" read as "utils.agg_privleak"
+            aggregations[name] = {item["metric"]: str(item["aggregation"]).rpartition(".")[2]
+                                  for item in config.get("metric_list") or []}
+    return versions, aggregations
+
+
+def _tasks_dir(tasks_dir: str | None) -> str:
+    if tasks_dir is None:
+        from ..plugin import tasks_dir as _default
+
+        tasks_dir = _default()
+    return str(tasks_dir)
 
 
 def current_tasks(tasks_dir: str | None = None) -> dict[str, object]:
     """``{task or group name: metadata.version}`` from the task YAMLs (``include:`` resolved)."""
-    if tasks_dir is None:
-        from ..plugin import tasks_dir as _tasks_dir
+    return dict(_current_tasks_cached(_tasks_dir(tasks_dir))[0])
 
-        tasks_dir = _tasks_dir()
-    return dict(_current_tasks_cached(str(tasks_dir)))
+
+def task_aggregations(tasks_dir: str | None = None) -> dict[str, dict[str, str]]:
+    """``{task: {metric: aggregation}}``: ``"mean"`` or the name of the ``agg_*`` function of
+    the task's ``metric_list``; a samples file must name the same (see :mod:`.samples_check`)."""
+    return {k: dict(v) for k, v in _current_tasks_cached(_tasks_dir(tasks_dir))[1].items()}
 
 
 def same_version(a, b) -> bool:

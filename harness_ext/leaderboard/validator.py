@@ -1,19 +1,28 @@
 """Load and validate leaderboard submissions (``submissions/<corpus>/<slug>/``).
 
-An entry is ``entry.yaml`` (checked against ``entry.schema.json`` (beside this module)) and
-``results/<scheme>.json`` (lm-eval results files written by ``muse-quant sweep``, unedited). Checks:
+An entry is ``entry.yaml`` (checked against ``entry.schema.json`` (beside this module)),
+``results/<scheme>.json`` (lm-eval results files written by ``muse-quant sweep``, unedited) and,
+beside each, ``results/<scheme>.samples.jsonl`` (its per-document scores). Checks:
 
-* layout: only ``entry.yaml`` and ``results/*.json``, regular files (no links), size caps;
-* ``entry.yaml``: plain YAML data (no tags, aliases or duplicate keys), the JSON Schema, and
-  agreement with its folder (corpus) and its run card (corpus, data source);
-* each results file: tasks and versions equal the current task YAMLs; the scheme recorded in
-  ``config.muse_quant.quantization.scheme`` matches the file name; the required metrics are finite
-  numbers; the data source (``configs[task].metadata.muse_data``) and corpus match the entry;
+* layout: only ``entry.yaml``, ``results/<scheme>.json`` and ``results/<scheme>.samples.jsonl``,
+  regular files (no links), size caps; any other file or folder anywhere under ``submissions/``,
+  hidden ones (``.name``) included, is a problem;
+* ``entry.yaml``: plain YAML data (no tags, aliases or duplicate keys; finite numbers; at most
+  :data:`.loading.MAX_DEPTH` levels), the JSON Schema, hyperparameters in range
+  (:mod:`.bounds`), and agreement with its folder (corpus) and its run card (corpus, data source);
+* each results file (:mod:`.results_check`): a named message for every wrong type; tasks and
+  versions equal the current task YAMLs; the scheme recorded in
+  ``config.muse_quant.quantization.scheme`` matches the file name; every metric is a finite
+  number within its unit; the data source and corpus match the entry;
+* each samples file (:mod:`.samples_check`): every aggregate of its results file recomputed from
+  the per-document scores equals the submitted one exactly (a consistent forgery of the scores
+  themselves is caught only by ``check --reproduce``);
 * across an entry's files: the full, 8-bit and 4-bit FP4 files exist, and all files evaluated the
   same model (``pretrained``, ``unlearned``) with the same ``--limit``;
 * across the board: slugs are unique (they name an entry in ``check --reproduce``), and every
   method / retrain entry names a target entry of the same corpus, scale, data and limit.
 
+Every problem of every entry is collected (:attr:`Board.problems`) before anything fails.
 Nothing in a submission is imported or executed: files are read by :mod:`.loading` (size caps,
 plain-data YAML, JSON); task versions come from :mod:`.tasks`; :class:`Entry` and :class:`Board`
 are in :mod:`.entry`.
@@ -23,19 +32,21 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 
 from ..errors import MuseQuantError
-from ..io import recorded_scheme, scheme_filename, scheme_from_filename
+from ..io import scheme_filename, scheme_from_filename
 from ..recipes import CORPORA, PAPER_SCHEMES, REQUIRED_SCHEMES
 
 from . import SCHEMA_PATH
-from .entry import (ENTRY_FILE, METRICS, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, Board, Entry,
-                    corpus_group, corpus_tasks, data_source_kind)
+from .bounds import entry_number_problems
+from .entry import (ENTRY_FILE, RESULTS_DIR, SLUG_RE, SUBMISSIONS_DIR, Board, Entry,
+                    data_source_kind)
 from .loading import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTES, MAX_RESULTS_FILES, load_plain_yaml,
                       read_json, read_plain_yaml)
-from .tasks import current_tasks, same_version
+from .results_check import check_results
+from .samples_check import MISSING, MISSING_HELP, SAMPLES_SUFFIX, samples_problems
+from .tasks import current_tasks, task_aggregations
 
 # also importable from here: the records and loaders the rules use
 __all__ = ["Board", "Entry", "MAX_ENTRY_BYTES", "MAX_RESULTS_BYTES", "check_results",
@@ -80,91 +91,42 @@ def schema_problems(meta, where: str) -> list[str]:
     return out
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_results(data, name: str, corpus: str, muse_data: str | None, tasks: dict,
-                  where: str) -> list[str]:
-    """Problems of one results file ``name`` (``<scheme>.json``) for an entry of ``corpus``."""
-    problems = []
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        return [f"{where}: not an lm-eval results file (no 'results' mapping)"]
-    scheme = recorded_scheme(data) if isinstance(data.get("config"), dict) else None
-    if not isinstance(scheme, str):
-        problems.append(f"{where}: no config.muse_quant.quantization.scheme; results must come "
-                        f"from the muse_quant model (`muse-quant sweep`)")
-    else:
-        try:
-            expected = scheme_filename(scheme)
-        except MuseQuantError as exc:
-            expected = f"<{exc.problem}>"
-        if expected != name:
-            problems.append(f"{where}: the file records scheme {scheme!r} but is named {name}; a "
-                            f"{scheme} results file is named {expected}")
-    wanted = corpus_tasks(corpus)
-    group = corpus_group(corpus)
-    versions = data.get("versions") if isinstance(data.get("versions"), dict) else {}
-    configs = data.get("configs") if isinstance(data.get("configs"), dict) else {}
-    for task in sorted(set(data["results"]) | set(versions)):
-        if task not in tasks:
-            problems.append(f"{where}: unknown task {task!r}; the board takes the tasks "
-                            f"{', '.join(wanted)} (group {group})")
-        elif task not in wanted and task != group:
-            problems.append(f"{where}: task {task!r} does not belong to the {corpus} corpus")
-        elif task in versions and not same_version(versions[task], tasks[task]):
-            problems.append(f"{where}: {task} was evaluated at version {versions[task]}, the "
-                            f"current version is {tasks[task]}; re-run `muse-quant sweep`")
-    for task in wanted:
-        if task not in data["results"]:
-            problems.append(f"{where}: task {task} is missing; run the {group} group")
-            continue
-        if task not in versions:
-            problems.append(f"{where}: no version recorded for {task}")
-    for suffix, key in METRICS.values():
-        task = f"muse_{corpus}_{suffix}"
-        value = (data["results"].get(task) or {}).get(f"{key},none")
-        if task in data["results"] and not _is_number(value):
-            problems.append(f"{where}: metric {key} of {task} is missing or not a finite number "
-                            f"({value!r})")
-    sources = set()
-    for task in wanted:
-        config = configs.get(task)
-        if not isinstance(config, dict):
-            if task in data["results"]:
-                problems.append(f"{where}: configs[{task}] is missing")
-            continue
-        sources.add(data_source_kind((config.get("metadata") or {}).get("muse_data")))
-    if muse_data is not None and sources and sources != {muse_data}:
-        problems.append(f"{where}: computed on muse_data={'/'.join(sorted(sources))}, but the "
-                        f"entry says muse_data: {muse_data}")
-    return problems
-
-
 def _model_identity(data: dict) -> tuple:
-    info = ((data.get("config") or {}).get("muse_quant") or {})
+    info = data["config"]["muse_quant"]
     unlearned = info.get("unlearned") or {}
-    return info.get("pretrained"), unlearned.get("path") if isinstance(unlearned, dict) else None
+    return info.get("pretrained"), unlearned.get("path")
 
 
-def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entry | None, list[str]]:
+HIDDEN = ("hidden files and folders are not allowed; a submission holds only the files the "
+          "validator knows")
+
+
+def _unexpected(item: Path, rel: str, allowed: str) -> str:
+    if item.name.startswith("."):
+        return f"{rel}: {HIDDEN} ({allowed})"
+    if item.is_symlink():
+        return f"{rel}: symbolic links are not allowed ({allowed})"
+    return f"{rel}: unexpected {'folder' if item.is_dir() else 'file'}; {allowed}"
+
+
+ENTRY_LAYOUT = (f"an entry holds only {ENTRY_FILE} and {RESULTS_DIR}/ (<scheme>.json and "
+                f"<scheme>{SAMPLES_SUFFIX} files)")
+
+
+def load_entry(path: Path, corpus: str, tasks: dict | None = None,
+               aggregations: dict | None = None) -> tuple[Entry | None, list[str]]:
     """Validate one entry folder. Returns ``(entry or None, problems)``."""
     tasks = current_tasks() if tasks is None else tasks
+    aggregations = task_aggregations() if aggregations is None else aggregations
     where = f"{corpus}/{path.name}"
     problems = []
     if not SLUG_RE.match(path.name):
         problems.append(f"{where}: the folder name is not a valid slug (lowercase letters, digits "
                         f"and '-', at most 64 characters)")
     for item in sorted(path.iterdir()):
-        if item.is_symlink():
-            problems.append(f"{where}/{item.name}: symbolic links are not allowed")
-        elif item.name == ENTRY_FILE and item.is_file():
-            continue
-        elif item.name == RESULTS_DIR and item.is_dir():
-            continue
-        else:
-            problems.append(f"{where}/{item.name}: unexpected file; an entry holds only "
-                            f"{ENTRY_FILE} and {RESULTS_DIR}/<scheme>.json")
+        if item.is_symlink() or item.name not in (ENTRY_FILE, RESULTS_DIR) or \
+                (item.name == ENTRY_FILE) != item.is_file():
+            problems.append(_unexpected(item, f"{where}/{item.name}", ENTRY_LAYOUT))
     entry_path = path / ENTRY_FILE
     meta = None
     if not entry_path.is_file() or entry_path.is_symlink():
@@ -174,9 +136,13 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
         problems += read_problems
         if not read_problems:
             schema_errors = schema_problems(meta, f"{where}/{ENTRY_FILE}")
+            if not schema_errors:
+                schema_errors = entry_number_problems(meta, f"{where}/{ENTRY_FILE}")
             problems += schema_errors
             if schema_errors:
                 meta = None
+        else:
+            meta = None
     if meta is not None:
         if meta["corpus"] != corpus:
             problems.append(f"{where}/{ENTRY_FILE}: corpus is {meta['corpus']!r} but the entry "
@@ -199,13 +165,21 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
     if len(items) > MAX_RESULTS_FILES:
         problems.append(f"{where}/{RESULTS_DIR}: {len(items)} files, at most {MAX_RESULTS_FILES}")
         items = []
+    names = {item.name for item in items}
     for item in items:
         rel = f"{where}/{RESULTS_DIR}/{item.name}"
-        if item.is_symlink() or not item.is_file():
-            problems.append(f"{rel}: only regular <scheme>.json files are allowed here")
+        if item.name.startswith(".") or item.is_symlink() or not item.is_file():
+            problems.append(_unexpected(item, rel, "only regular <scheme>.json files and their "
+                                                   f"<scheme>{SAMPLES_SUFFIX} are allowed here"))
+            continue
+        if item.name.endswith(SAMPLES_SUFFIX):
+            if item.name[:-len(SAMPLES_SUFFIX)] + ".json" not in names:
+                problems.append(f"{rel}: per-document scores without their results file "
+                                f"{item.name[:-len(SAMPLES_SUFFIX)]}.json")
             continue
         if not item.name.endswith(".json"):
-            problems.append(f"{rel}: unexpected file; results are named <scheme>.json")
+            problems.append(f"{rel}: unexpected file; results are named <scheme>.json, their "
+                            f"per-document scores <scheme>{SAMPLES_SUFFIX}")
             continue
         data, read_problems = read_json(item, rel)
         if read_problems:
@@ -213,11 +187,15 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
             continue
         file_problems = check_results(data, item.name, corpus,
                                       meta["muse_data"] if meta else None, tasks, rel)
+        if not file_problems:
+            file_problems = samples_problems(data, item, rel, aggregations)
         problems += file_problems
         if not file_problems:
             scheme = scheme_from_filename(item.name)
             results[scheme] = data
             files[scheme] = item.name
+    if any(p.endswith(MISSING) for p in problems):
+        problems.append(f"{where}: {MISSING_HELP}")
     for scheme in REQUIRED_SCHEMES:
         if results_dir.is_dir() and not (results_dir / scheme_filename(scheme)).exists():
             problems.append(f"{where}: {RESULTS_DIR}/{scheme_filename(scheme)} is missing; every "
@@ -230,7 +208,7 @@ def load_entry(path: Path, corpus: str, tasks: dict | None = None) -> tuple[Entr
                                for s, (p, u) in sorted(identities.items()))
             problems.append(f"{where}: the results files evaluated different models ({detail}); "
                             f"submit the files of one sweep")
-        limits = {s: (d.get("config") or {}).get("limit") for s, d in results.items()}
+        limits = {s: d["config"].get("limit") for s, d in results.items()}
         if len(set(limits.values())) > 1:
             problems.append(f"{where}: the results files used different --limit values {limits}")
         if meta and meta["kind"] in ("target", "retrain") and \
@@ -254,27 +232,33 @@ def load_board(root: str | Path, tasks: dict | None = None) -> Board:
     subs = root / SUBMISSIONS_DIR
     entries, problems = [], []
     seen: dict[str, str] = {}
-    if subs.is_dir():
+    aggregations = task_aggregations()
+    layout = f"submissions go in {SUBMISSIONS_DIR}/<{'|'.join(CORPORA)}>/<slug>/"
+    if subs.is_symlink() or (subs.exists() and not subs.is_dir()):
+        problems.append(f"{SUBMISSIONS_DIR}: must be a folder, not a link or a file")
+    elif subs.is_dir():
         for corpus_dir in sorted(subs.iterdir()):
-            if corpus_dir.name.startswith(".") or corpus_dir.name == "README.md":
+            rel = f"{SUBMISSIONS_DIR}/{corpus_dir.name}"
+            if corpus_dir.name == "README.md" and corpus_dir.is_file() and \
+                    not corpus_dir.is_symlink():
                 continue
             if corpus_dir.name not in CORPORA or not corpus_dir.is_dir() or \
                     corpus_dir.is_symlink():
-                problems.append(f"{SUBMISSIONS_DIR}/{corpus_dir.name}: unexpected; submissions "
-                                f"go in {SUBMISSIONS_DIR}/<{'|'.join(CORPORA)}>/<slug>/")
+                problems.append(_unexpected(corpus_dir, rel, layout))
                 continue
             for entry_dir in sorted(corpus_dir.iterdir()):
-                if entry_dir.name.startswith("."):
-                    continue
                 where = f"{corpus_dir.name}/{entry_dir.name}"
-                if entry_dir.is_symlink() or not entry_dir.is_dir():
-                    problems.append(f"{where}: unexpected file; each entry is a folder")
+                if entry_dir.name.startswith(".") or entry_dir.is_symlink() or \
+                        not entry_dir.is_dir():
+                    problems.append(_unexpected(entry_dir, where, "each entry is a folder "
+                                                                  "named by its slug"))
                     continue
                 if entry_dir.name in seen:
                     problems.append(f"{where}: duplicate slug {entry_dir.name!r} (also "
                                     f"{seen[entry_dir.name]}); slugs are unique across the board")
                 seen.setdefault(entry_dir.name, where)
-                entry, entry_problems = load_entry(entry_dir, corpus_dir.name, tasks)
+                entry, entry_problems = load_entry(entry_dir, corpus_dir.name, tasks,
+                                                   aggregations)
                 problems += entry_problems
                 if entry is not None:
                     entries.append(entry)
