@@ -173,7 +173,7 @@ def make_entry(root: Path, slug: str, metrics: dict, corpus: str = "news", kind:
 def three_schemes(verbmem=(50.0, 48.0, 40.0), knowmem_r=(30.0, 29.0, 25.0), knowmem_f=40.0,
                   privleak=-90.0) -> dict:
     return {s: (v, knowmem_f, privleak, r)
-            for s, v, r in zip(("none", "bnb-int8", "bnb-fp4"), verbmem, knowmem_r)}
+            for s, v, r in zip(("none", "bnb-int8-real", "bnb-fp4"), verbmem, knowmem_r)}
 
 
 def small_board(root: Path, corpus: str = "news", prefix: str = "") -> Path:

@@ -87,8 +87,9 @@ def test_default_configuration_is_the_issue_list():
     assert DEFAULT.methods == METHODS
     assert set(METHODS) >= {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr",
                             "ga_gdr_sure", "npo_klr_sure"}
-    assert DEFAULT.schemes == ("none", "bnb-int8", "bnb-int8-real", "bnb-fp4", "rtn:4:g64",
-                               "gptq:4", "awq:4", "gguf:q4_k_m", "gguf:q8_0", "fp8:e4m3")
+    assert DEFAULT.schemes == ("none", "bnb-int8-real", "bnb-fp4", "gptq:4", "awq:4",
+                               "gguf:q4_k_m", "gguf:q8_0", "fp8:e4m3")
+    assert FAST.schemes == (*DEFAULT.schemes, "bnb-int8", "rtn:4:g64")
     args = DEFAULT.unlearn.arguments("npo_klr_sure")
     # the demo's lrs are MUSE's x10 with the paper's SURE:baseline ratio of 10 (see config.py)
     assert args[args.index("--lr") + 1] == "0.001"

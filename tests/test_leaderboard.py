@@ -86,7 +86,7 @@ def _missing_metric(root):
 def _scheme_mismatch(root):
     folder = root / "submissions" / "news" / "npo-klr" / "results"
     write_results(folder, make_results(scheme="bnb-fp4", unlearned="/checkpoints/npo-klr"),
-                  name="bnb-int8.json")
+                  name="bnb-int8-real.json")
 
 
 def _oversized_results(root):
@@ -112,7 +112,7 @@ def _symlink(root):
 
 
 def _missing_scheme(root):
-    (root / "submissions" / "news" / "npo-klr" / "results" / "bnb-int8.json").unlink()
+    (root / "submissions" / "news" / "npo-klr" / "results" / "bnb-int8-real.json").unlink()
 
 
 def _other_corpus(root):
@@ -131,7 +131,7 @@ REJECT = {
                                         "missing or not a finite number"),
     "NaN metric": (_edit_results("none", lambda d: d["results"]["muse_news_verbmem_f"].update(
         {"verbmem_rougeL_f1,none": float("nan")})), "not a finite number"),
-    "scheme mismatch": (_scheme_mismatch, "records scheme 'bnb-fp4' but is named bnb-int8.json"),
+    "scheme mismatch": (_scheme_mismatch, "records scheme 'bnb-fp4' but is named bnb-int8-real.json"),
     "wrong task version": (_edit_results("none", lambda d: d["versions"].update(
         muse_news_knowmem_f=0.9)), "muse_news_knowmem_f was evaluated at version 0.9, the "
                                    "current version is 1.0"),
@@ -147,7 +147,7 @@ REJECT = {
     "corpus": (_edit_meta(lambda m: m.update(corpus="books")),
                "corpus is 'books' but the entry is in submissions/news/"),
     "results of the other corpus": (_other_corpus, "does not belong to the news corpus"),
-    "missing required scheme": (_missing_scheme, "results/bnb-int8.json is missing"),
+    "missing required scheme": (_missing_scheme, "results/bnb-int8-real.json is missing"),
     "extra file": (_extra_file, "run.py: unexpected file"),
     "symlink": (_symlink, "only regular <scheme>.json files"),
     "unknown target": (_edit_meta(lambda m: m.update(target="nobody")),
@@ -241,7 +241,7 @@ def test_retained_knowledge_by_hand(tmp_path):
     assert group.retained(by_slug["ga-klr"], "none") == 10.0  # 5 / 50
     assert group.retained(by_slug["ga-klr"], "bnb-fp4") == pytest.approx(90.0)  # 36 / 40
     assert group.retained(by_slug["retrain"], "bnb-fp4") == 30.0  # 12 / 40
-    assert group.retained(by_slug["target"], "bnb-int8") == 100.0
+    assert group.retained(by_slug["target"], "bnb-int8-real") == 100.0
     # baselines = GDR/KLR without SURE: npo-gdr, ga-klr, npo-klr (not GA, not the SURE run)
     assert sorted(e.slug for e in group.baselines()) == ["ga-klr", "npo-gdr", "npo-klr"]
     assert group.average_retained("none") == pytest.approx(20.0)  # (20 + 10 + 30) / 3
@@ -339,12 +339,13 @@ def test_readme_table_by_hand(tmp_path):
     row = {s: r for s, r in zip(order, rows[1:])}
     # rank | entry | retained full, 8-bit, FP4 (Δ), GPTQ-4, AWQ-4 | utility kept | verdict
     assert "| 3 | **NPO\\_GDR**" in row["npo-gdr"]
-    assert "| 20.0% | — | 75.0%<br>Δ +55.0 | — | — | 100.0%<br> | **recovers** |" \
+    # 8-bit: 10 / 48 = 20.8% (Δ +0.8), 5 / 48 = 10.4%; no GPTQ/AWQ results: "—"
+    assert "| 20.0% | 20.8%<br>Δ +0.8 | 75.0%<br>Δ +55.0 | — | — | 100.0%<br> | **recovers** |" \
         in row["npo-gdr"]
-    assert "| 10.0% | — | 90.0%<br>Δ +80.0 |" in row["ga-klr"]
-    assert "| 100.0% | — | 100.0% | — | — | 100.0%<br> | reference |" in row["target"]
-    assert "| 20.0% | — | 30.0%<br>Δ +10.0 |" in row["retrain"]
-    # the four metrics, per precision, in <details> (none, bnb-int8, bnb-fp4; no gptq:4)
+    assert "| 10.0% | 10.4%<br>Δ +0.4 | 90.0%<br>Δ +80.0 |" in row["ga-klr"]
+    assert "| 100.0% | 100.0% | 100.0% | — | — | 100.0%<br> | reference |" in row["target"]
+    assert "| 20.0% | 20.8%<br>Δ +0.8 | 30.0%<br>Δ +10.0 |" in row["retrain"]
+    # the four metrics, per precision, in <details> (none, bnb-int8-real, bnb-fp4; no gptq:4)
     assert "| [`npo-gdr`](#news-npo-gdr) | 10.0 | 40.0 | -90.0 | 30.0 | 20.0% | 100.0% |" \
         in _values(readme)
     assert readme.count("| Entry | VerbMem_f ↓") == 3 and "<code>gptq:4</code>" not in readme
@@ -364,7 +365,7 @@ def test_gptq_columns_appear_when_present(tmp_path):
     header = next(line for line in readme.splitlines() if line.startswith("| #"))
     assert "Retained<br>GPTQ-4" in header and "Retained<br>AWQ-4" in header
     row = _values(next(line for line in readme.splitlines() if "[`npo-gdr`]" in line))
-    assert "| 20.0% | — | 75.0%<br>Δ +55.0 | 85.0%<br>Δ +65.0 | — |" in row  # 17 / 20; no AWQ
+    assert "| 20.0% | 20.8%<br>Δ +0.8 | 75.0%<br>Δ +55.0 | 85.0%<br>Δ +65.0 | — |" in row  # 17 / 20
     assert "GPTQ-4 (<code>gptq:4</code>)" in readme  # its metrics block
     assert "% at GPTQ-4" not in readme  # not every baseline has gptq:4: no average
 
@@ -447,7 +448,7 @@ def test_check_lists_invalid_entries(tmp_path, capsys):
     assert main(["leaderboard", "check", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     # every entry's problems, then one error
-    assert "invalid: news/npo-klr: results/bnb-int8.json is missing" in err
+    assert "invalid: news/npo-klr: results/bnb-int8-real.json is missing" in err
     assert "invalid: news/retrain/entry.yaml: corpus is 'books'" in err
     assert "error: leaderboard check FAILED" in err and "fix:" in err and "Traceback" not in err
 
@@ -466,7 +467,7 @@ def test_committed_board_is_up_to_date():
 # ---------------------------------------------------------------- add
 def sweep_output(folder, unlearned=None, corpus="news", verbmem=(6.0, 6.0, 30.0),
                  pretrained="/models/target"):
-    for scheme, v in zip(("none", "bnb-int8", "bnb-fp4"), verbmem):
+    for scheme, v in zip(("none", "bnb-int8-real", "bnb-fp4"), verbmem):
         write_results(folder, make_results(corpus, scheme, verbmem=v, unlearned=unlearned,
                                            pretrained=pretrained))
     (folder / "notes.json").write_text('{"not": "results"}')
@@ -505,10 +506,10 @@ def test_add_end_to_end(tmp_path, capsys):
     entry = root / "submissions" / "news" / "npo-klr"
     # results copied unedited, only the <scheme>.json results files and their samples
     assert sorted(p.name for p in (entry / "results").iterdir()) == \
-        ["bnb-fp4.json", "bnb-fp4.samples.jsonl", "bnb-int8.json", "bnb-int8.samples.jsonl",
+        ["bnb-fp4.json", "bnb-fp4.samples.jsonl", "bnb-int8-real.json", "bnb-int8-real.samples.jsonl",
          "none.json", "none.samples.jsonl"]
-    for name in ("none.json", "bnb-int8.json", "bnb-fp4.json", "none.samples.jsonl",
-                 "bnb-int8.samples.jsonl", "bnb-fp4.samples.jsonl"):
+    for name in ("none.json", "bnb-int8-real.json", "bnb-fp4.json", "none.samples.jsonl",
+                 "bnb-int8-real.samples.jsonl", "bnb-fp4.samples.jsonl"):
         assert filecmp.cmp(out / name, entry / "results" / name, shallow=False)
     meta = load_plain_yaml((entry / "entry.yaml").read_text(), "entry.yaml")
     assert meta["checkpoint"]["sha256"] == hashlib.sha256(b"weights" * 100).hexdigest()
@@ -540,7 +541,7 @@ def test_add_end_to_end(tmp_path, capsys):
     assert main(["leaderboard", "build", "--root", str(root)]) == 0
     assert main(["leaderboard", "check", "--root", str(root)]) == 0
     readme = (root / "README.md").read_text()
-    assert "| 12.0% | — | 75.0%<br>Δ +63.0 |" in _values(readme)  # 6 / 50, 30 / 40
+    assert "| 12.0% | 12.5%<br>Δ +0.5 | 75.0%<br>Δ +63.0 |" in _values(readme)  # 6/50, 6/48, 30/40
 
 
 def test_add_refuses_invalid_results_and_leaves_nothing(tmp_path, capsys):

@@ -46,13 +46,14 @@ ENTRIES = {
     "kept": ("NPO_GDR", {"none": [8.0, 12.0], "bnb-int8": [8.0, 12.0],
                          "bnb-int8-real": [8.0, 12.0], "bnb-fp4": [22.5, 37.5]}, UTILITY, True),
     # 10% -> 15%: robust (+5 < 10)
-    "steady": ("GA_KLR", {"none": [4.0, 6.0], "bnb-int8": [4.0, 6.0],
+    "steady": ("GA_KLR", {"none": [4.0, 6.0], "bnb-int8-real": [4.0, 6.0],
                           "bnb-fp4": [4.5, 7.5]}, UTILITY, True),
     # forgets everything but KnowMem_r 3 / 30 = 10% < 50%: utility lost, listed apart
-    "broken": ("GA", {"none": [0.0, 0.0], "bnb-int8": [0.0, 0.0], "bnb-fp4": [0.0, 0.0]},
-               {"none": 3.0, "bnb-int8": 3.0, "bnb-fp4": 3.0}, True),
+    "broken": ("GA", {"none": [0.0, 0.0], "bnb-int8-real": [0.0, 0.0], "bnb-fp4": [0.0, 0.0]},
+               {"none": 3.0, "bnb-int8-real": 3.0, "bnb-fp4": 3.0}, True),
     # an old entry: no samples files, so no intervals; 60% -> 50%: robust
-    "old": ("NPO", {"none": [24.0, 36.0], "bnb-int8": [24.0, 36.0], "bnb-fp4": [15.0, 25.0]},
+    "old": ("NPO", {"none": [24.0, 36.0], "bnb-int8-real": [24.0, 36.0],
+                    "bnb-fp4": [15.0, 25.0]},
             UTILITY, False),
 }
 
@@ -125,8 +126,9 @@ def test_main_table_columns_values_and_intervals(board):
         "75.0% <sub>[75.0, 75.0]</sub><br>Δ +55.0 <sub>[+55.0, +55.0]</sub>",
         "—", "—",  # no GPTQ / AWQ results
         "100.0%<br><sub>4-bit FP4: 100.0%</sub>", "**recovers**"]
-    # 4.5 / 30 = 15%: +5 points, robust; no LLM.int8 result: "—"
-    assert rows["steady"][2:6] == ["10.0% <sub>[10.0, 10.0]</sub>", "—",
+    # 4.5 / 30 = 15%: +5 points, robust; LLM.int8 10%, no GPTQ result: "—"
+    assert rows["steady"][2:6] == ["10.0% <sub>[10.0, 10.0]</sub>",
+                                   "10.0% <sub>[10.0, 10.0]</sub><br>Δ ±0.0 <sub>[±0.0, ±0.0]</sub>",
                                    "15.0% <sub>[15.0, 15.0]</sub><br>Δ +5.0 <sub>[+5.0, +5.0]</sub>",
                                    "—"]
     assert rows["steady"][-1] == "**robust**"

@@ -219,7 +219,7 @@ def test_every_entrys_problems_are_collected_before_failing(tmp_path, capsys):
     root = small_board(tmp_path / "lb")
     edit_json(entry_dir(root) / "results" / "none.json",
               lambda d: d["config"].update(limit=[4]))
-    edit_json(entry_dir(root, "target") / "results" / "bnb-int8.json",
+    edit_json(entry_dir(root, "target") / "results" / "bnb-int8-real.json",
               lambda d: d["results"].update(muse_news_knowmem_f=[]))
     edit_meta(root, lambda m: m.update(notes=float("nan")), slug="retrain")
     for argv in (["leaderboard", "check", "--root", str(root)],
@@ -365,7 +365,7 @@ def test_reproduce_refuses_a_plugin_before_running_anything(tmp_path, capsys):
 
 def test_reproduce_refuses_model_args_paths(tmp_path, capsys):
     root = small_board(tmp_path / "lb")
-    for scheme in ("none", "bnb-int8", "bnb-fp4"):
+    for scheme in ("none", "bnb-int8-real", "bnb-fp4"):
         edit_json(entry_dir(root, "target") / "results" / f"{scheme}.json",
                   lambda d: d["config"].update(model_args={
                       "pretrained": "/p", "calib_data": "/etc/passwd"}))
@@ -382,7 +382,7 @@ def test_reproduce_workdir_must_exist(tmp_path, capsys):
 
 # ---------------------------------------------------------------- add
 def _sweep_out(folder, unlearned, **kwargs):
-    for scheme in ("none", "bnb-int8", "bnb-fp4"):
+    for scheme in ("none", "bnb-int8-real", "bnb-fp4"):
         write_results(folder, make_results(scheme=scheme, unlearned=str(unlearned), **kwargs))
     return folder
 

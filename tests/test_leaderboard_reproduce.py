@@ -12,7 +12,7 @@ from harness_ext.cli import commands, main
 from harness_ext.leaderboard.reproduce import _command_options
 from harness_ext.leaderboard.validator import check_results, current_tasks, load_board
 
-SCHEMES = "none,bnb-int8,bnb-fp4"
+SCHEMES = "none,bnb-int8-real,bnb-fp4"
 
 
 @pytest.mark.slow

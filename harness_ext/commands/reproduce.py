@@ -10,7 +10,7 @@ Stages, each an existing command, skipped when its output exists:
      variants) at the paper's settings: NEWS 10 epochs, BOOKS 5 (alpha 100 for GA_GDR, 2 for
      NPO_KLR), lr 1e-5, alpha 1, bf16; SURE lr 1e-4, threshold 99 (GA_GDR, alpha 400) / 90
      (NPO_KLR, alpha 20; the other SURE variants: 90 and their base alpha); --save delta
-  3. muse-quant sweep --quant none,bnb-int8,bnb-fp4,gptq:4,awq:4 for target, retrain and every
+  3. muse-quant sweep --quant none,bnb-int8-real,bnb-fp4,gptq:4,awq:4 for target, retrain and every
      method: OUT/results/<model>/<scheme>.json
   4. muse-quant leaderboard add: one full-scale entry per model (slugs full-<corpus>-<model>)
 
@@ -24,6 +24,8 @@ to N GPUs of that memory (batch, accumulation, gradient checkpointing, DDP or FS
 
 from __future__ import annotations
 
+from ..recipes import PAPER_SCHEMES
+
 NAME = "reproduce"
 HELP = "the paper's full-scale setup: unlearn MUSE's 7B target, sweep, leaderboard (GPU)"
 
@@ -32,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corpus", required=True, help="news or books")
     parser.add_argument("--methods", default="all",
                         help="comma-separated unlearning methods (default: every registered one)")
-    parser.add_argument("--quant", default="none,bnb-int8,bnb-fp4,gptq:4,awq:4",
+    parser.add_argument("--quant", default=",".join(PAPER_SCHEMES),
                         help="comma-separated schemes for the sweep")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate only N documents per task (quick checks)")
