@@ -3,7 +3,6 @@ and clear errors. No hub, no GPU: the plan is built from a constant table of mod
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
