@@ -437,3 +437,21 @@ def test_add_on_a_folder_with_a_symlink_loop_does_not_hang(tmp_path, capsys):
     assert not thread.is_alive(), "leaderboard add hangs on a symbolic-link loop"
     assert rc == [2]
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_committed_run_cards_and_model_args_pass_the_allow_list():
+    """The demo's own entries (written by `muse-quant unlearn` / `sweep`) are reproducible."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent / "leaderboard" / "submissions"
+    cards = 0
+    for path in sorted(repo.glob("*/*/entry.yaml")):
+        meta = yaml.safe_load(path.read_text())
+        if meta.get("run_card"):
+            settings = unlearn_settings(meta["run_card"]["command"], meta["corpus"])
+            assert settings["method"] == meta["run_card"]["method"]
+            assert settings["lr"] == meta["run_card"]["hyperparameters"]["lr"]
+            cards += 1
+        for results in path.parent.glob("results/*.json"):
+            model_args_settings(json.loads(results.read_text())["config"]["model_args"])
+    assert cards >= 8
