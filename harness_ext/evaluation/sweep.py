@@ -197,14 +197,18 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
 def evaluate_scheme(lm, scheme: str, model_args: dict, tasks: list[str], metadata: dict, limit,
                     device, batch_size) -> tuple[dict, dict]:
     """One sweep step on a loaded ``keep_float_weights`` model: restore the float weights,
-    quantize with ``scheme``, run the tasks. Returns ``(results, timing)``; ``results`` carries
+    quantize with ``scheme``, run the tasks (re-using what does not depend on the weights, see
+    :mod:`harness_ext.evaluation.reuse`). Returns ``(results, timing)``; ``results`` carries
     the per-document samples under the key ``muse_quant_samples`` (not written to the results
     file)."""
+    from .reuse import environment_described_once
+
     start = time.perf_counter()
     lm.requantize(scheme)
     quantized = time.perf_counter()
-    results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
-                               batch_size)
+    with environment_described_once():  # datasets and token ids are reused as well (reuse.py)
+        results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
+                                   batch_size)
     evaluated = time.perf_counter()
     return results, {"quantize_seconds": round(quantized - start, 4),
                      "evaluate_seconds": round(evaluated - quantized, 4)}
