@@ -211,3 +211,20 @@ def test_environment_described_once(monkeypatch):
             assert get_pretty_env_info() == "env 1"
     assert calls == [1]
     assert collect_env.get_pretty_env_info() == "env 2"  # restored outside the block
+
+
+def test_gpu_default_batch_size(monkeypatch):
+    from harness_ext.evaluation import defaults
+
+    argv = ["--model", "muse_quant", "--model_args", "pretrained=x", "--tasks", "t"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert defaults.with_default_batch_size(argv) == argv
+    assert defaults.default_batch_size(None) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert defaults.with_default_batch_size(argv) == argv + ["--batch_size", "auto"]
+    assert defaults.default_batch_size(None) == "auto"
+    assert defaults.default_batch_size("cpu") == 1
+    for given in (["--batch_size", "4"], ["--batch_size=4"], ["--device", "cpu"]):
+        assert defaults.with_default_batch_size(argv + given) == argv + given
+    with_args = ["--model_args", "pretrained=x,batch_size=2"]
+    assert defaults.with_default_batch_size(with_args) == with_args

@@ -216,6 +216,9 @@ def run(args) -> int:
     from ..metrics import CONSTANT_RESULTS
 
     compat.hide_constants_in_table(CONSTANT_RESULTS)
+    from ..evaluation.defaults import with_default_batch_size
+
+    argv = with_default_batch_size(argv)  # `auto` on a GPU when no batch size is given
     if os.environ.get("MUSE_DATA") and not _has_metadata_key(argv, "muse_data"):
         argv += ["--metadata", f"muse_data={os.environ['MUSE_DATA']}"]
     compat.run_lm_eval_cli(argv)

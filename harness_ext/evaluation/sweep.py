@@ -233,7 +233,10 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
             raise MuseQuantError(f"{key} is given both as --{key} and in --model_args",
                                  f"pass it once, as --{key}")
     device = device if device is not None else model_args.pop("device", None)
-    batch_size = batch_size if batch_size is not None else model_args.pop("batch_size", 1)
+    if batch_size is None:  # lm-eval's `auto` on a GPU when not given (evaluation/defaults.py)
+        from .defaults import default_batch_size
+
+        batch_size = model_args.pop("batch_size", None) or default_batch_size(device)
     if limit is not None:
         limit = float(limit)
         limit = int(limit) if limit.is_integer() else limit
