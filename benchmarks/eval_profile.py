@@ -93,8 +93,8 @@ def _timed(clock, phase):
 
 def run_suite(lm, tasks, task_manager, limit, clock: Clock, bounds: dict, per_task: bool):
     """``simple_evaluate`` with every phase clocked. With a ``bounds`` dict, fills
-    ``bounds[task] = (actual, lower bound)``; the replay's time is clocked apart and taken out of
-    the total. ``per_task``: one ``generate_until`` call per task (the fast path groups by task
+    ``bounds[task] = (actual, lower bound, {kind: seconds inside model forwards})``; the
+    replay's time is clocked apart and taken out of the total. ``per_task``: one ``generate_until`` call per task (the fast path groups by task
     anyway), else lm-eval's single call."""
     import lm_eval
     import lm_eval.evaluator as evaluator
@@ -116,12 +116,15 @@ def run_suite(lm, tasks, task_manager, limit, clock: Clock, bounds: dict, per_ta
         out = [None] * len(requests)
         for task, members in by_task.items():
             lm.generation_trace = [] if bounds is not None else None
+            before = dict(getattr(lm, "generation_seconds", {"prefill": 0.0, "decode": 0.0}))
             with clock(f"generation {task}"):
                 texts = original_generate([requests[i] for i in members], disable_tqdm)
             if bounds is not None:
+                inside = {k: v - before[k] for k, v in lm.generation_seconds.items()}
                 with clock("(lower-bound replay, not part of the suite)"):
-                    bounds[task] = (clock.wall[f"generation {task}"], replay_forwards(
-                        lm.model, lm.device, lm.tokenizer.pad_token_id, lm.generation_trace))
+                    bound = replay_forwards(lm.model, lm.device, lm.tokenizer.pad_token_id,
+                                            lm.generation_trace)
+                bounds[task] = (clock.wall[f"generation {task}"], bound, inside)
             lm.generation_trace = None
             for i, text in zip(members, texts):
                 out[i] = text
@@ -145,7 +148,8 @@ def run_suite(lm, tasks, task_manager, limit, clock: Clock, bounds: dict, per_ta
         finally:
             lm._model_call = original_call
         for task in {r.task_name for r in requests} if bounds is not None else ():
-            bounds[task] = (clock.wall["log-probs"], forward["seconds"])
+            bounds[task] = (clock.wall["log-probs"], forward["seconds"],
+                            {"forward": forward["seconds"]})
         return out
 
     lm.generate_until, lm.loglikelihood_rolling = generate_until, rolling
@@ -259,9 +263,11 @@ def main() -> None:
           f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} "
           f"(1 min), {os.cpu_count()} CPUs")
     print_phases(clocks)
-    print(f"\n{'task':<24}{'actual s':>10}{'lower bound s':>15}{'actual / bound':>16}")
-    for task, (actual, bound) in bounds.items():
-        print(f"{task:<24}{actual:>10.2f}{bound:>15.2f}{actual / bound:>15.2f}x")
+    print(f"\n{'task':<24}{'actual s':>10}{'lower bound s':>15}{'actual / bound':>16}"
+          "   of the actual time, inside model forwards")
+    for task, (actual, bound, inside) in bounds.items():
+        split = ", ".join(f"{k} {v:.2f} s" for k, v in inside.items())
+        print(f"{task:<24}{actual:>10.2f}{bound:>15.2f}{actual / bound:>15.2f}x   {split}")
     if args.compare:
         compare(runs["fast"], runs["plain"], tasks)
 

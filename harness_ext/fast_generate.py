@@ -149,8 +149,9 @@ def generate_until(lm, requests, disable_tqdm: bool = False, fallback=None) -> l
             results[i] = text
             lm.cache_hook.add_partial("generate_until", (context, requests[i].args[1]), text)
     bar.close()
-    lm.generation_forward_seconds = getattr(lm, "generation_forward_seconds", 0.0) + \
-        engine.forward_seconds
+    totals = lm.__dict__.setdefault("generation_seconds", {"prefill": 0.0, "decode": 0.0})
+    for kind, seconds in engine.seconds.items():  # read by benchmarks/eval_profile.py
+        totals[kind] += seconds
     if slow:
         log.info("generation: %d request(s) with sampling or text stop sequences use lm-eval's "
                  "path", len(slow))

@@ -146,7 +146,7 @@ class BatchTrace:
 @dataclass
 class Engine:
     """Greedy generation of ``max_new_tokens`` tokens per prompt, stopping a row at any of
-    ``eos_ids``. ``forward_seconds`` accumulates the time spent inside model forward calls."""
+    ``eos_ids``. ``seconds`` accumulates the time spent inside model forward calls."""
 
     model: torch.nn.Module
     device: torch.device
@@ -157,13 +157,18 @@ class Engine:
     #: encode each prompt alone, then decode the batch (CPU: see _prefill_rows)
     prefill_rows: bool = False
     trace: list[BatchTrace] | None = None
-    forward_seconds: float = 0.0
-    forward_calls: int = field(default=0)
+    forward_calls: int = 0
+    #: seconds inside model forward calls, by kind ("prefill", "decode")
+    seconds: dict = field(default_factory=lambda: {"prefill": 0.0, "decode": 0.0})
 
-    def _forward(self, **kwargs):
+    @property
+    def forward_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def _forward(self, kind: str = "prefill", **kwargs):
         start = time.perf_counter()
         out = self.model(use_cache=True, logits_to_keep=1, return_dict=True, **kwargs)
-        self.forward_seconds += time.perf_counter() - start
+        self.seconds[kind] += time.perf_counter() - start
         self.forward_calls += 1
         return out
 
@@ -288,7 +293,7 @@ class Engine:
             filled += 1
             mask[:, filled - 1] = 1
             last_pos = last_pos + 1
-            logits = self._forward(input_ids=token.unsqueeze(-1),
+            logits = self._forward("decode", input_ids=token.unsqueeze(-1),
                                    attention_mask=mask[:, :filled],
                                    position_ids=last_pos.unsqueeze(-1),
                                    past_key_values=cache).logits[:, -1]

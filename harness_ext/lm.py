@@ -222,14 +222,15 @@ class MuseQuantLM(HFLM):
 
         bar = tqdm(total=len(order), desc="per-token log-probs",
                    disable=disable_tqdm or self.rank != 0)
-        for start in range(0, len(order), batch_size):
-            chunk = [windows[j] for j in order[start:start + batch_size]]
+        for start, stop in self._logprob_batches([len(windows[j][1]) for j in order],
+                                                 batch_size):
+            chunk = [windows[j] for j in order[start:stop]]
             width = max(len(inp) for _, inp, _ in chunk)
             batch = torch.full((len(chunk), width), pad, dtype=torch.long)
             for row, (_, inp, _) in enumerate(chunk):
                 batch[row, :len(inp)] = torch.tensor(inp)  # right padding: causal, no effect
             logits = self._model_call(batch.to(self.device))
-            for row, (j, (_, inp, cont)) in enumerate(zip(order[start:start + batch_size], chunk)):
+            for row, (j, (_, inp, cont)) in enumerate(zip(order[start:stop], chunk)):
                 scored = logits[row, len(inp) - len(cont):len(inp)].float()
                 logp = torch.log_softmax(scored, dim=-1)
                 target = torch.tensor(cont, device=logp.device).unsqueeze(-1)
@@ -240,6 +241,21 @@ class MuseQuantLM(HFLM):
         for j, (i, _, _) in enumerate(windows):  # windows of one text are in order
             out[i].extend(pieces[j])
         return out
+
+    #: on CPU, at most this many tokens (rows x padded width) per log-prob forward
+    CPU_LOGPROB_TOKENS = 8192
+
+    def _logprob_batches(self, lengths: list[int], batch_size: int):
+        """``(start, stop)`` slices of the longest-first ``lengths``: ``batch_size`` rows, and on
+        CPU no more than ``CPU_LOGPROB_TOKENS`` tokens. A batch of MUSE's ~4k-token PrivLeak texts
+        (logits rows x width x vocab in float32) is slower on CPU than the texts one by one: it
+        no longer fits in the caches. Short texts (the embedded corpus) keep whole batches."""
+        cap = self.CPU_LOGPROB_TOKENS if self.device.type == "cpu" else None
+        start = 0
+        while start < len(lengths):
+            rows = batch_size if cap is None else max(1, min(batch_size, cap // lengths[start]))
+            yield start, min(start + rows, len(lengths))
+            start += rows
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         texts = [req.args[0] for req in requests]
