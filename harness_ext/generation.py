@@ -134,6 +134,27 @@ def common_prefix_length(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def left_padded(rows, max_new: int, prefix_len: int, pad_id: int, device):
+    """A batch as HF generate sees it: ``(input ids, attention mask, position ids, filled)``.
+
+    Rows after the shared prefix are left-padded (``[prefix | pad | rest]``); the mask has room
+    for ``max_new`` more columns (filled one per decoded token); position ids are HF generate's
+    ``cumsum(mask) - 1``, 0 on padding; ``filled`` is the number of columns in use.
+    """
+    n = len(rows)
+    rest = [r[prefix_len:] for r in rows]
+    width = max(len(r) for r in rest)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, prefix_len + width + max_new), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for k, r in enumerate(rest):
+        ids[k, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[k, prefix_len + width - len(r):prefix_len + width] = 1
+    filled = prefix_len + width
+    pos = (mask[:, :filled].cumsum(-1) - 1).masked_fill(mask[:, :filled] == 0, 0)
+    return ids.to(device), mask.to(device), pos.to(device), filled
+
+
 @dataclass
 class BatchTrace:
     """What one batch needed: its prompts and each row's generated tokens (for the profile)."""
@@ -180,6 +201,9 @@ class Engine:
         ``batch_size``: contiguous slices of the sorted list pad the least.
         """
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        if not all(isinstance(x, GrowingLayer) for x in make_cache(self.model, 1).layers):
+            # e.g. sliding-window layers: no seeding or placing of keys/values, HF's cache only
+            self.share_prefix = self.prefill_rows = False
         prefix_len = common_prefix_length(prompts) if self.share_prefix else 0
         prefix_cache = None
         if prefix_len >= MIN_SHARED_PREFIX:
@@ -207,22 +231,6 @@ class Engine:
         self._forward(input_ids=ids, attention_mask=mask, position_ids=pos,
                       past_key_values=cache)
         return cache
-
-    def _layout(self, rows, max_new, prefix_len):
-        """Left-padded inputs after the shared prefix, the full-length attention mask (filled one
-        column per decoded token) and HF generate's position ids (cumsum(mask) - 1, 0 on pads)."""
-        n = len(rows)
-        rest = [r[prefix_len:] for r in rows]
-        width = max(len(r) for r in rest)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, prefix_len + width + max_new), dtype=torch.long)
-        mask[:, :prefix_len] = 1
-        for k, r in enumerate(rest):
-            ids[k, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[k, prefix_len + width - len(r):prefix_len + width] = 1
-        filled = prefix_len + width
-        pos = (mask[:, :filled].cumsum(-1) - 1).masked_fill(mask[:, :filled] == 0, 0)
-        return ids.to(self.device), mask.to(self.device), pos.to(self.device), filled
 
     def _prefill_batched(self, rows, ids, mask, pos, filled, total, prefix_len, prefix_cache):
         cache = make_cache(self.model, total)
@@ -261,12 +269,9 @@ class Engine:
 
     def _batch(self, rows, max_new, prefix_len, prefix_cache) -> list[list[int]]:
         dev, n = self.device, len(rows)
-        ids, mask, pos, filled = self._layout(rows, max_new, prefix_len)
+        ids, mask, pos, filled = left_padded(rows, max_new, prefix_len, self.pad_id, dev)
         total = filled + max_new
-        growing = all(isinstance(x, GrowingLayer) for x in make_cache(self.model, 1).layers)
-        if prefix_cache is not None and not growing:  # cannot seed: encode the prefix too
-            return self._batch(rows, max_new, 0, None)
-        if self.prefill_rows and growing:
+        if self.prefill_rows:
             cache, logits = self._prefill_rows(rows, filled, total, prefix_len, prefix_cache)
         else:
             cache, logits = self._prefill_batched(rows, ids, mask, pos, filled, total,
@@ -308,15 +313,8 @@ def replay_forwards(model, device, pad_id: int, trace: list[BatchTrace]) -> floa
     with torch.no_grad():
         for batch in trace:
             n = len(batch.prompts)
-            width = max(len(p) for p in batch.prompts)
             steps = max(len(g) for g in batch.generated)
-            ids = torch.full((n, width), pad_id, dtype=torch.long)
-            mask = torch.zeros((n, width + steps), dtype=torch.long)
-            for k, p in enumerate(batch.prompts):
-                ids[k, width - len(p):] = torch.tensor(p)
-                mask[k, width - len(p):width] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            pos = (mask[:, :width].cumsum(-1) - 1).masked_fill(mask[:, :width] == 0, 0)
+            ids, mask, pos, width = left_padded(batch.prompts, steps, 0, pad_id, device)
             cache = make_cache(model, width + steps)
             start = time.perf_counter()
             model(input_ids=ids, attention_mask=mask[:, :width], position_ids=pos,
