@@ -35,6 +35,8 @@ MODEL_ARGS_HELP = (
                           "(default $MUSE_DATA, else embedded)"),
     ("quant_cache_dir=DIR", "cache of calibrated quantized weights (GPTQ/AWQ)"),
     ("keep_float_weights=BOOL", "keep a copy of the float weights (muse-quant sweep sets it)"),
+    ("fast_generation=BOOL", "greedy EOS-only generation by muse_quant's batched engine, token-"
+                             "identical to lm-eval's loop (default true; false: lm-eval's loop)"),
 )
 
 METADATA_HELP = (
