@@ -59,6 +59,8 @@ class Clock:
         self.wall: dict[str, float] = defaultdict(float)
         self.cpu: dict[str, float] = defaultdict(float)
         self.order: list[str] = []
+        self.tokens: dict[str, int] = defaultdict(int)  # prompt, generated, scored
+        self.forward: dict[str, float] = defaultdict(float)  # seconds inside model forwards
 
     @contextmanager
     def __call__(self, phase: str):
@@ -115,10 +117,13 @@ def run_suite(lm, tasks, task_manager, limit, clock: Clock, bounds: dict, per_ta
             by_task[req.task_name].append(i)
         out = [None] * len(requests)
         for task, members in by_task.items():
-            lm.generation_trace = [] if bounds is not None else None
+            lm.generation_trace = []
             before = dict(getattr(lm, "generation_seconds", {"prefill": 0.0, "decode": 0.0}))
             with clock(f"generation {task}"):
                 texts = original_generate([requests[i] for i in members], disable_tqdm)
+            for batch in lm.generation_trace or ():  # tokens, for the per-token costs
+                clock.tokens["prompt"] += sum(len(p) for p in batch.prompts)
+                clock.tokens["generated"] += sum(len(g) for g in batch.generated)
             if bounds is not None:
                 inside = {k: v - before[k] for k, v in lm.generation_seconds.items()}
                 with clock("(lower-bound replay, not part of the suite)"):
@@ -147,6 +152,8 @@ def run_suite(lm, tasks, task_manager, limit, clock: Clock, bounds: dict, per_ta
                 out = original_rolling(requests, disable_tqdm)
         finally:
             lm._model_call = original_call
+        clock.tokens["scored"] += sum(len(lm._encode_with_bos(r.args[0])) for r in requests)
+        clock.forward["log-probs"] += forward["seconds"]
         for task in {r.task_name for r in requests} if bounds is not None else ():
             bounds[task] = (clock.wall["log-probs"], forward["seconds"],
                             {"forward": forward["seconds"]})
@@ -232,6 +239,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None, help="a saved model dir (default: train the "
                         "benchmark's tiny model)")
+    parser.add_argument("--costs", default=None, metavar="FILE",
+                        help="write the per-token costs (JSON) that `muse-quant reproduce "
+                        "--dry_run --eval_costs FILE` calibrates its estimates from")
     parser.add_argument("--compare", action="store_true",
                         help="also run lm-eval's own generate_until and compare every output")
     args = parser.parse_args()
@@ -257,6 +267,8 @@ def main() -> None:
                              metadata={"muse_data": data, "pretrained": str(model_dir)})
             runs[name] = run_suite(lm, tasks, tm, args.limit, clock,
                                    bounds if name == "fast" else {}, per_task=name == "fast")
+            clock.generation_seconds = dict(getattr(lm, "generation_seconds", {}))
+            params = sum(p.numel() for p in lm.model.parameters())
             clocks[name] = clock
             del lm
     print(f"\ndata {data}, corpus {args.corpus}, --limit {args.limit}, batch {args.batch_size}, "
@@ -268,8 +280,29 @@ def main() -> None:
     for task, (actual, bound, inside) in bounds.items():
         split = ", ".join(f"{k} {v:.2f} s" for k, v in inside.items())
         print(f"{task:<24}{actual:>10.2f}{bound:>15.2f}{actual / bound:>15.2f}x   {split}")
+    if args.costs:
+        write_costs(args.costs, clocks["fast"], params, args)
     if args.compare:
         compare(runs["fast"], runs["plain"], tasks)
+
+
+def write_costs(path: str, clock: Clock, params: int, args) -> None:
+    """Seconds per token of the fast run: prefill per prompt token (the shared KnowMem context
+    counted in every prompt, as the estimate counts it), decode per generated token, log-probs
+    per scored token; all from the time inside model forwards."""
+    from harness_ext.io import write_json
+
+    gen = getattr(clock, "generation_seconds", {"prefill": 0.0, "decode": 0.0})
+    costs = {"params": params,
+             "prefill": gen["prefill"] / max(clock.tokens["prompt"], 1),
+             "decode": gen["decode"] / max(clock.tokens["generated"], 1),
+             "logprob": clock.forward["log-probs"] / max(clock.tokens["scored"], 1),
+             "tokens": dict(clock.tokens), "batch_size": args.batch_size,
+             "threads": args.threads, "device": "cpu", "data": args.data, "limit": args.limit}
+    write_json(Path(path), costs)
+    print(f"per-token costs written to {path}: prefill {costs['prefill']:.3g} s, decode "
+          f"{costs['decode']:.3g} s, log-probs {costs['logprob']:.3g} s per token "
+          f"({params:,} parameters)")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hbm_tbs", type=float, default=2.0,
                         help="assumed GPU memory bandwidth in TB/s for the estimates")
     parser.add_argument("--gpu_gb", type=float, default=80.0, help="memory of one GPU, GB")
+    parser.add_argument("--eval_costs", default=None, metavar="FILE",
+                        help="evaluation time from measured per-token costs (written by "
+                             "benchmarks/eval_profile.py --costs FILE on the evaluation hardware) "
+                             "instead of --tflops/--hbm_tbs")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry_run", action="store_true",
                       help="print the plan and the estimates; run nothing")
@@ -68,7 +72,9 @@ def add_arguments(parser) -> None:
 
 def _plan(args):
     from ..reproduce import Assumptions, build_plan
+    from ..reproduce.estimate import load_eval_costs
 
+    costs = load_eval_costs(args.eval_costs) if args.eval_costs else None
     return build_plan(args.corpus, methods=args.methods, quant=args.quant, limit=args.limit,
                       out=args.out, muse_data=args.muse_data, pretrained=args.pretrained,
                       retrain=args.retrain, save=args.save, precision=args.precision,
@@ -78,7 +84,8 @@ def _plan(args):
                       submitted_by=args.submitted_by,
                       assumptions=Assumptions(tflops=args.tflops, hbm_tbs=args.hbm_tbs,
                                               gpu_gb=args.gpu_gb,
-                                              eval_batch=args.eval_batch_size))
+                                              eval_batch=args.eval_batch_size,
+                                              eval_costs=costs))
 
 
 def _execute(stage) -> None:
