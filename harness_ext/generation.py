@@ -305,21 +305,25 @@ class Engine:
         return generated
 
 
-def replay_forwards(model, device, pad_id: int, trace: list[BatchTrace]) -> float:
+def replay_forwards(model, device, pad_id: int, trace: list[BatchTrace],
+                    cpu: dict | None = None) -> float:
     """Seconds of just the forward passes the traced work needs: per batch, the prefill of the
     left-padded prompts (same batch, same cache class), then one decode step per generated token
-    for only the rows still running. Bookkeeping (inputs, dropping rows) is outside the clock."""
-    seconds = 0.0
+    for only the rows still running. Bookkeeping (inputs, dropping rows) is outside the clock.
+    With ``cpu``, ``cpu["seconds"]`` gets the process CPU seconds of the same forwards."""
+    seconds, cpu_start = 0.0, 0.0
     with torch.no_grad():
         for batch in trace:
             n = len(batch.prompts)
             steps = max(len(g) for g in batch.generated)
             ids, mask, pos, width = left_padded(batch.prompts, steps, 0, pad_id, device)
             cache = make_cache(model, width + steps)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model(input_ids=ids, attention_mask=mask[:, :width], position_ids=pos,
                   past_key_values=cache, use_cache=True, logits_to_keep=1)
             seconds += time.perf_counter() - start
+            if cpu is not None:
+                cpu["seconds"] = cpu.get("seconds", 0.0) + time.process_time() - cpu_start
             lengths = torch.tensor([len(g) for g in batch.generated])
             active = torch.arange(n)
             last_pos = pos[:, -1]
@@ -333,9 +337,11 @@ def replay_forwards(model, device, pad_id: int, trace: list[BatchTrace]) -> floa
                 last_pos = last_pos + 1
                 token = torch.tensor([batch.generated[r][step - 1] for r in active.tolist()],
                                      device=device).unsqueeze(-1)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 model(input_ids=token, attention_mask=mask[:, :width + step],
                       position_ids=last_pos.unsqueeze(-1), past_key_values=cache,
                       use_cache=True, logits_to_keep=1)
                 seconds += time.perf_counter() - start
+                if cpu is not None:
+                    cpu["seconds"] = cpu.get("seconds", 0.0) + time.process_time() - cpu_start
     return seconds
