@@ -54,7 +54,7 @@ def test_engine_tokens_equal_hf_generate(small, prefill_rows):
         # EOS = a token the model emits often: rows finish at different steps and leave the batch
         for eos in ({2}, frequent | {2}):
             engine = Engine(model, torch.device("cpu"), 0, frozenset(eos), batch_size=3,
-                            prefill_rows=prefill_rows)
+                            prefill_rows=prefill_rows, row_prefill_min=0)
             with torch.no_grad():
                 got = engine.generate(ids, 12)
             assert got == _hf_generate(model, tok, prompts, 12, eos), (prompts[0][:40], eos)
@@ -73,6 +73,13 @@ def test_shared_prefix_is_encoded_once(small):
         engine.generate(ids, 1)
     # one forward for the prefix, one for the batch of suffixes
     assert engine.forward_calls == 2
+    # CPU per-row prefill only for long suffixes: these short questions stay one batched forward
+    for row_min, calls in ((256, 2), (0, 1 + len(ids))):
+        engine = Engine(model, torch.device("cpu"), 0, frozenset({2}), batch_size=8,
+                        prefill_rows=True, row_prefill_min=row_min)
+        with torch.no_grad():
+            engine.generate(ids, 1)
+        assert engine.forward_calls == calls, row_min
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # every row keeps a token
     assert common_prefix_length([[1, 2, 3]]) == 0
 
