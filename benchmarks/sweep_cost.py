@@ -24,7 +24,7 @@ not used in the ratio because it cannot be interleaved).
 
   python benchmarks/sweep_cost.py [--schemes none,bnb-int8,bnb-fp4,rtn:4:g128,gptq:4,awq:4]
       [--tasks muse_news_quant] [--limit 2] [--calib_samples 16] [--calib_seqlen 128]
-      [--repeats 3]
+      [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("--calib_samples", type=int, default=16)
     parser.add_argument("--calib_seqlen", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch threads (1 is steadier on a loaded machine)")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
 
     from harness_ext.evaluation import sweep
     from harness_ext.lm import MuseQuantLM
@@ -124,7 +126,9 @@ def main() -> None:
     t_sweep = sweep_load + sum(v["sweep_step"] for v in best.values())
     t_separate = sum(v["separate"] for v in best.values())
     print(f"\nfastest of {args.repeats} per scheme; K = {len(schemes)}, tasks {args.tasks}, "
-          f"--limit {args.limit}, calibration {args.calib_samples} x {args.calib_seqlen} tokens")
+          f"--limit {args.limit}, calibration {args.calib_samples} x {args.calib_seqlen} tokens, "
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
     print(f"{'scheme':<12}{'quantize: sweep':>16}{'separate':>10}"
           f"{'evaluate: sweep':>17}{'separate':>10}")
     for scheme, v in best.items():

@@ -29,7 +29,7 @@ compat.load_lm_eval_builtin_models()  # before @register_model below
 #: model_args this wrapper adds to HFLM's
 MUSE_MODEL_ARGS = ("unlearned", "quant", "quant_lm_head", "allow_pickle", "keep_float_weights",
                    "calib", "calib_samples", "calib_seqlen", "calib_corpus", "calib_data",
-                   "quant_cache_dir")
+                   "quant_cache_dir", "fast_generation")
 
 
 class TokenLogProbs(float):
@@ -65,7 +65,7 @@ class MuseQuantLM(HFLM):
                  keep_float_weights: bool = False, add_bos_token: bool = True,
                  calib: str = "generic", calib_samples: int = 128, calib_seqlen: int = 512,
                  calib_corpus: str = "news", calib_data: str | None = None,
-                 quant_cache_dir: str | None = None, **kwargs):
+                 quant_cache_dir: str | None = None, fast_generation: bool = True, **kwargs):
         # Validate cheap things before loading anything big.
         checkpoints.check_pretrained(pretrained)
         self._quantizer = parse_scheme("none" if quant is None else str(quant))
@@ -87,6 +87,7 @@ class MuseQuantLM(HFLM):
         # module / parameter names the last quantization changed (None: unknown, restore all)
         self._changed: set[str] | None = None
         self.muse_info: dict = {"unlearned": None, "quantization": None}
+        self.fast_generation = _as_bool(fast_generation)
         compat.refuse_lm_eval_delta(kwargs)
         try:
             super().__init__(pretrained=pretrained, add_bos_token=_as_bool(add_bos_token),
@@ -160,8 +161,35 @@ class MuseQuantLM(HFLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=True)
 
+    # ---------------------------------------------------------------- generation
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        # Overridden because HFLM's loop is most of the MUSE suite's time (see
+        # harness_ext/generation.py): greedy requests whose only stop is EOS go to the batched
+        # engine; anything else (sampling, text stop sequences, ...) goes to HFLM unchanged.
+        from . import fast_generate
+
+        return fast_generate.generate_until(self, requests, disable_tqdm,
+                                            fallback=super().generate_until)
+
+    def batch_size_for(self, purpose: str) -> int:
+        """The batch size as an int; ``auto`` is detected once (lm-eval's detection)."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        if getattr(self, "_auto_batch_size", None) is None:
+            self._auto_batch_size = self._detect_batch_size()
+            log.info("batch size auto: %d (for %s)", self._auto_batch_size, purpose)
+        return self._auto_batch_size
+
     # ---------------------------------------------------------------- per-token log-probs
     def _encode_with_bos(self, text: str) -> list[int]:
+        cache = self.__dict__.setdefault("_bos_ids", {})  # tokenize once (sweeps re-use it)
+        if text not in cache:
+            if len(cache) > 50_000:
+                cache.clear()
+            cache[text] = self._encode_with_bos_uncached(text)
+        return list(cache[text])
+
+    def _encode_with_bos_uncached(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True).input_ids
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
@@ -187,22 +215,22 @@ class MuseQuantLM(HFLM):
                                          max_seq_len=self.max_length, context_len=1)):
                 windows.append((i, (context + cont)[:-1], cont))
         order = sorted(range(len(windows)), key=lambda j: -len(windows[j][1]))
-        batch_size = self.batch_size if isinstance(self.batch_size, int) else \
-            self._detect_batch_size()
+        batch_size = self.batch_size_for("log-probs")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         pieces: dict[int, list[float]] = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(order), desc="per-token log-probs",
                    disable=disable_tqdm or self.rank != 0)
-        for start in range(0, len(order), batch_size):
-            chunk = [windows[j] for j in order[start:start + batch_size]]
+        for start, stop in self._logprob_batches([len(windows[j][1]) for j in order],
+                                                 batch_size):
+            chunk = [windows[j] for j in order[start:stop]]
             width = max(len(inp) for _, inp, _ in chunk)
             batch = torch.full((len(chunk), width), pad, dtype=torch.long)
             for row, (_, inp, _) in enumerate(chunk):
                 batch[row, :len(inp)] = torch.tensor(inp)  # right padding: causal, no effect
             logits = self._model_call(batch.to(self.device))
-            for row, (j, (_, inp, cont)) in enumerate(zip(order[start:start + batch_size], chunk)):
+            for row, (j, (_, inp, cont)) in enumerate(zip(order[start:stop], chunk)):
                 scored = logits[row, len(inp) - len(cont):len(inp)].float()
                 logp = torch.log_softmax(scored, dim=-1)
                 target = torch.tensor(cont, device=logp.device).unsqueeze(-1)
@@ -213,6 +241,21 @@ class MuseQuantLM(HFLM):
         for j, (i, _, _) in enumerate(windows):  # windows of one text are in order
             out[i].extend(pieces[j])
         return out
+
+    #: on CPU, at most this many tokens (rows x padded width) per log-prob forward
+    CPU_LOGPROB_TOKENS = 8192
+
+    def _logprob_batches(self, lengths: list[int], batch_size: int):
+        """``(start, stop)`` slices of the longest-first ``lengths``: ``batch_size`` rows, and on
+        CPU no more than ``CPU_LOGPROB_TOKENS`` tokens. A batch of MUSE's ~4k-token PrivLeak texts
+        (logits rows x width x vocab in float32) is slower on CPU than the texts one by one: it
+        no longer fits in the caches. Short texts (the embedded corpus) keep whole batches."""
+        cap = self.CPU_LOGPROB_TOKENS if self.device.type == "cpu" else None
+        start = 0
+        while start < len(lengths):
+            rows = batch_size if cap is None else max(1, min(batch_size, cap // lengths[start]))
+            yield start, min(start + rows, len(lengths))
+            start += rows
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         texts = [req.args[0] for req in requests]

@@ -16,6 +16,7 @@ import datasets
 
 from harness_ext import metrics
 from harness_ext.data import load_file, resolve_source, source_label
+from harness_ext.data.memo import file_stamps, memoized, tokenizer_stamp
 from harness_ext.errors import MuseQuantError
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ def _is_muse_data(source: str, corpus: str) -> bool:
 # ------------------------------------------------------------------ VerbMem
 def verbmem_dataset(corpus: str, muse_data=None, hub_revision=None, **kwargs):
     """Docs ``{prompt, gt, reference}``; ``reference`` = decode(tokenize(gt, BOS)[:128])."""
+    key = ("verbmem", corpus, resolve_source(muse_data), hub_revision,
+           file_stamps(corpus, ("verbmem/forget.json",), muse_data), tokenizer_stamp(**kwargs))
+    return memoized(key, lambda: _verbmem_dataset(corpus, muse_data, hub_revision, **kwargs))
+
+
+def _verbmem_dataset(corpus: str, muse_data=None, hub_revision=None, **kwargs):
     items = load_file(corpus, "verbmem/forget.json", muse_data, hub_revision)
     tok = _tokenizer(**kwargs)
     ids = tok([d["gt"] for d in items], add_special_tokens=True).input_ids
@@ -68,6 +75,13 @@ def process_verbmem(doc, results):
 # ------------------------------------------------------------------ KnowMem
 def knowmem_dataset(corpus: str, split: str, muse_data=None, hub_revision=None, **kwargs):
     """Docs ``{prompt, question, answer}`` with MUSE's 10-shot ICL prompt."""
+    rels = (f"knowmem/{split}_qa.json", f"knowmem/{split}_qa_icl.json")
+    key = ("knowmem", corpus, split, resolve_source(muse_data), hub_revision,
+           file_stamps(corpus, rels, muse_data))
+    return memoized(key, lambda: _knowmem_dataset(corpus, split, muse_data, hub_revision))
+
+
+def _knowmem_dataset(corpus: str, split: str, muse_data=None, hub_revision=None):
     qa = load_file(corpus, f"knowmem/{split}_qa.json", muse_data, hub_revision)
     icl = load_file(corpus, f"knowmem/{split}_qa_icl.json", muse_data, hub_revision)
     rows = [{"prompt": metrics.knowmem_prompt(icl, d["question"]), "question": d["question"],
@@ -100,6 +114,13 @@ def privleak_dataset(corpus: str, muse_data=None, hub_revision=None, retrain_auc
     from harness_ext.evaluation.task_check import check_running_model
 
     check_running_model(f"muse_{corpus}_privleak")
+    rels = ("privleak/forget.json", "privleak/holdout.json")
+    key = ("privleak", corpus, resolve_source(muse_data), hub_revision, retrain_auc,
+           file_stamps(corpus, rels, muse_data))
+    return memoized(key, lambda: _privleak_dataset(corpus, muse_data, hub_revision, retrain_auc))
+
+
+def _privleak_dataset(corpus: str, muse_data=None, hub_revision=None, retrain_auc=None):
     forget = load_file(corpus, "privleak/forget.json", muse_data, hub_revision)
     holdout = load_file(corpus, "privleak/holdout.json", muse_data, hub_revision)
     source = resolve_source(muse_data)

@@ -3,6 +3,7 @@ and clear errors. No hub, no GPU: the plan is built from a constant table of mod
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -257,3 +258,37 @@ def test_planning_and_the_method_registry_load_without_torch():
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_eval_estimate_from_measured_per_token_costs(tmp_path, capsys):
+    """``--eval_costs``: the eval time is the profile's per-token costs x MUSE's token counts,
+    scaled by parameter count (hand-computed below)."""
+    from harness_ext.reproduce.estimate import EvalCosts, load_eval_costs
+
+    costs = EvalCosts(params=LLAMA2_7B["params"], prefill=1e-4, decode=1e-2, logprob=2e-4)
+    # prompt tokens: VerbMem 100 x 1000 + KnowMem 200 x 400 = 180,000 -> 18 s; generated:
+    # 100 x 128 + 200 x 32 = 19,200 -> 192 s; PrivLeak 200 x 2000 = 400,000 scored -> 80 s
+    assert estimate("eval", LLAMA2_7B, Assumptions(eval_costs=costs)).hours * 3600 == \
+        pytest.approx(290.0)
+    half = EvalCosts(params=LLAMA2_7B["params"] / 2, prefill=1e-4, decode=1e-2, logprob=2e-4)
+    assert estimate("eval", LLAMA2_7B, Assumptions(eval_costs=half)).hours * 3600 == \
+        pytest.approx(580.0)
+    # --limit 10 (caps each EVAL_ITEMS row): 10 x 1000 + 10 x 400 = 14,000 -> 1.4 s;
+    # 10 x 128 + 10 x 32 = 1,600 -> 16 s; 10 x 2000 = 20,000 scored -> 4 s
+    assert estimate("eval", LLAMA2_7B, Assumptions(eval_costs=costs), limit=10).hours * 3600 \
+        == pytest.approx(21.4)
+
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"params": 6.74e9, "prefill": 1e-4, "decode": 1e-2,
+                                "logprob": 2e-4, "batch_size": 32}))
+    assert load_eval_costs(str(path)).decode == 1e-2
+    rc, text, err = _run(["reproduce", "--corpus", "news", "--dry-run", "--out",
+                          str(tmp_path / "rep"), "--eval_costs", str(path)], capsys)
+    assert rc == 0, err
+    assert f"per-token costs measured by benchmarks/eval_profile.py ({path})" in text
+    (tmp_path / "bad.json").write_text('{"params": 1}')
+    for bad, problem in ((tmp_path / "none.json", "no such file"),
+                         (tmp_path / "bad.json", "not a per-token costs file")):
+        rc, _, err = _run(["reproduce", "--corpus", "news", "--dry-run", "--eval_costs",
+                           str(bad)], capsys)
+        assert rc == 2 and problem in err and "fix:" in err and "Traceback" not in err

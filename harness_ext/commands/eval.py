@@ -35,6 +35,8 @@ MODEL_ARGS_HELP = (
                           "(default $MUSE_DATA, else embedded)"),
     ("quant_cache_dir=DIR", "cache of calibrated quantized weights (GPTQ/AWQ)"),
     ("keep_float_weights=BOOL", "keep a copy of the float weights (muse-quant sweep sets it)"),
+    ("fast_generation=BOOL", "greedy EOS-only generation by muse_quant's batched engine, token-"
+                             "identical to lm-eval's loop (default true; false: lm-eval's loop)"),
 )
 
 METADATA_HELP = (
@@ -216,6 +218,9 @@ def run(args) -> int:
     from ..metrics import CONSTANT_RESULTS
 
     compat.hide_constants_in_table(CONSTANT_RESULTS)
+    from ..evaluation.defaults import with_default_batch_size
+
+    argv = with_default_batch_size(argv)  # `auto` on a GPU when no batch size is given
     if os.environ.get("MUSE_DATA") and not _has_metadata_key(argv, "muse_data"):
         argv += ["--metadata", f"muse_data={os.environ['MUSE_DATA']}"]
     compat.run_lm_eval_cli(argv)

@@ -68,6 +68,10 @@ def add_arguments(parser) -> None:
                              "through accelerate launch); default: one GPU, unfitted")
     parser.add_argument("--gpu_mem", "--gpu_gb", dest="gpu_mem", default=None,
                         help="memory of one GPU, GB (default 80)")
+    parser.add_argument("--eval_costs", default=None, metavar="FILE",
+                        help="evaluation time from measured per-token costs (written by "
+                             "benchmarks/eval_profile.py --costs FILE on the evaluation hardware) "
+                             "instead of --tflops/--hbm_tbs")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry_run", action="store_true",
                       help="print the plan and the estimates; run nothing")
@@ -77,9 +81,11 @@ def add_arguments(parser) -> None:
 
 def _plan(args):
     from ..reproduce import Assumptions, build_plan
+    from ..reproduce.estimate import load_eval_costs
     from ..reproduce.fit import check_gpus
 
     gpu_mem = 80.0 if args.gpu_mem is None else check_gpus(1, args.gpu_mem)[1]
+    costs = load_eval_costs(args.eval_costs) if args.eval_costs else None
     return build_plan(args.corpus, methods=args.methods, quant=args.quant, limit=args.limit,
                       out=args.out, muse_data=args.muse_data, pretrained=args.pretrained,
                       retrain=args.retrain, save=args.save, precision=args.precision,
@@ -89,7 +95,8 @@ def _plan(args):
                       submitted_by=args.submitted_by, gpus=args.gpus,
                       assumptions=Assumptions(tflops=args.tflops, hbm_tbs=args.hbm_tbs,
                                               gpu_gb=gpu_mem,
-                                              eval_batch=args.eval_batch_size))
+                                              eval_batch=args.eval_batch_size,
+                                              eval_costs=costs))
 
 
 def _execute(stage) -> None:

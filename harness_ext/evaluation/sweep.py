@@ -197,14 +197,18 @@ def _lm_eval_results(lm, scheme: str, model_args: dict, tasks: list[str], metada
 def evaluate_scheme(lm, scheme: str, model_args: dict, tasks: list[str], metadata: dict, limit,
                     device, batch_size) -> tuple[dict, dict]:
     """One sweep step on a loaded ``keep_float_weights`` model: restore the float weights,
-    quantize with ``scheme``, run the tasks. Returns ``(results, timing)``; ``results`` carries
+    quantize with ``scheme``, run the tasks (re-using what does not depend on the weights, see
+    :mod:`harness_ext.evaluation.reuse`). Returns ``(results, timing)``; ``results`` carries
     the per-document samples under the key ``muse_quant_samples`` (not written to the results
     file)."""
+    from .reuse import environment_described_once
+
     start = time.perf_counter()
     lm.requantize(scheme)
     quantized = time.perf_counter()
-    results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
-                               batch_size)
+    with environment_described_once():  # datasets and token ids are reused as well (reuse.py)
+        results = _lm_eval_results(lm, scheme, model_args, tasks, metadata, limit, device,
+                                   batch_size)
     evaluated = time.perf_counter()
     return results, {"quantize_seconds": round(quantized - start, 4),
                      "evaluate_seconds": round(evaluated - quantized, 4)}
@@ -229,7 +233,10 @@ def run_sweep(model_args, schemes, tasks, output_path, metadata=None, limit=None
             raise MuseQuantError(f"{key} is given both as --{key} and in --model_args",
                                  f"pass it once, as --{key}")
     device = device if device is not None else model_args.pop("device", None)
-    batch_size = batch_size if batch_size is not None else model_args.pop("batch_size", 1)
+    if batch_size is None:  # lm-eval's `auto` on a GPU when not given (evaluation/defaults.py)
+        from .defaults import default_batch_size
+
+        batch_size = model_args.pop("batch_size", None) or default_batch_size(device)
     if limit is not None:
         limit = float(limit)
         limit = int(limit) if limit.is_integer() else limit

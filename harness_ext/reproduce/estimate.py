@@ -31,6 +31,35 @@ EVAL_ITEMS = {"verbmem": (100, 1000, 128), "knowmem": (200, 400, 32), "privleak"
 
 # ------------------------------------------------------------------------------ estimates
 @dataclass
+class EvalCosts:
+    """Seconds per token measured by ``benchmarks/eval_profile.py --costs FILE`` (on the hardware
+    and batch size the sweep will use) for a model of ``params`` parameters."""
+
+    params: float
+    prefill: float   # per prompt token prefilled (VerbMem, KnowMem)
+    decode: float    # per generated token, at the profiled batch size
+    logprob: float   # per PrivLeak token scored
+    source: str = ""
+
+
+def load_eval_costs(path: str) -> EvalCosts:
+    """The costs file written by the profile (JSON); clear errors for anything else."""
+    fix = "write it with: python benchmarks/eval_profile.py --model DIR --costs FILE"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        costs = EvalCosts(**{k: float(data[k]) for k in ("params", "prefill", "decode",
+                                                         "logprob")}, source=str(path))
+    except FileNotFoundError:
+        raise MuseQuantError(f"--eval_costs {path}: no such file", fix) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MuseQuantError(f"--eval_costs {path}: not a per-token costs file ({exc})",
+                             fix) from None
+    if costs.params <= 0 or min(costs.prefill, costs.decode, costs.logprob) < 0:
+        raise MuseQuantError(f"--eval_costs {path}: params must be > 0 and costs >= 0", fix)
+    return costs
+
+
+@dataclass
 class Assumptions:
     """What the estimates assume; printed with the plan."""
 
@@ -39,8 +68,21 @@ class Assumptions:
     gpu_gb: float = 80.0       # memory of one GPU, GB
     eval_batch: int = 8
     calib_minutes_7b: float = 10.0  # GPTQ / AWQ calibration of a 7B model
+    #: measured per-token costs (``--eval_costs``); None: the FLOP / bandwidth formula
+    eval_costs: EvalCosts | None = None
 
     def lines(self) -> list[str]:
+        c = self.eval_costs
+        evaluation = (
+            "evaluation: prefill 2 x params FLOPs per prompt token; decoding reads all weights "
+            f"once per step at batch {self.eval_batch}; quantization here is simulated (weights "
+            "stay bf16), so every scheme costs what bf16 costs; GPTQ/AWQ add "
+            f"{self.calib_minutes_7b:g} min calibration per 7B params") if c is None else (
+            f"evaluation: per-token costs measured by benchmarks/eval_profile.py ({c.source}): "
+            f"prefill {c.prefill:.3g} s/token, decode {c.decode:.3g} s/token, PrivLeak log-probs "
+            f"{c.logprob:.3g} s/token on a {c.params:.3g}-parameter model, scaled by parameter "
+            "count (attention's context-length cost is not rescaled); GPTQ/AWQ add "
+            f"{self.calib_minutes_7b:g} min calibration per 7B params")
         return [
             f"throughput {self.tflops:g} TFLOP/s sustained bf16 (--tflops; H100 ~400, A100 ~150),"
             f" memory bandwidth {self.hbm_tbs:g} TB/s (--hbm_tbs), one GPU of {self.gpu_gb:g} GB",
@@ -59,10 +101,7 @@ class Assumptions:
             "(a second copy of the gradients); SURE's saliency pass runs before FSDP shards the "
             "model (weights + gradients + reference, unsharded); time is GPU-hours "
             "(communication not counted)",
-            "evaluation: prefill 2 x params FLOPs per prompt token; decoding reads all weights "
-            f"once per step at batch {self.eval_batch}; quantization here is simulated (weights "
-            "stay bf16), so every scheme costs what bf16 costs; GPTQ/AWQ add "
-            f"{self.calib_minutes_7b:g} min calibration per 7B params",
+            evaluation,
             "the sweep loads models in their stored dtype (the unlearning delta is saved in it); "
             "the estimates assume bf16 storage; "
             "disk: bf16 = 2 bytes/param (7B Llama-2 ~13.5 GB); unlearning keeps a resume "
@@ -130,8 +169,15 @@ def estimate(kind: str, shape: dict, a: Assumptions, *, method: str = "", corpus
             n = min(n, limit) if limit else n
             prefill += n * prompt
             gen += n * new
-        seconds = 2 * p * prefill / (a.tflops * 1e12) + \
-            (gen / a.eval_batch) * (2 * p) / (a.hbm_tbs * 1e12)
+        if a.eval_costs is None:
+            seconds = 2 * p * prefill / (a.tflops * 1e12) + \
+                (gen / a.eval_batch) * (2 * p) / (a.hbm_tbs * 1e12)
+        else:  # measured per-token costs, scaled by parameter count
+            c = a.eval_costs
+            n, prompt, _ = EVAL_ITEMS["privleak"]
+            scored = (min(n, limit) if limit else n) * prompt
+            seconds = p / c.params * ((prefill - scored) * c.prefill + gen * c.decode +
+                                      scored * c.logprob)
         from ..quantizers import describe_scheme
 
         if describe_scheme(scheme).needs_calibration:
