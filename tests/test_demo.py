@@ -252,3 +252,18 @@ def test_recovery_map_runs_a_tiny_cell(fast_demo, capsys):
     assert main(["demo", "--fast", "--recovery_map", "--out", str(fast_demo), "--lrs", "1e-3",
                  "--precisions", "fp32,bf16", "--no_progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in root.rglob(".done.json")} == done
+
+
+def test_medium_scale_is_the_papers_regime(tmp_path, capsys):
+    from harness_ext.demo.config import MEDIUM, SCALES
+    from harness_ext.recipes import MUSE_LR
+
+    assert SCALES == {"small": DEFAULT, "medium": MEDIUM}
+    assert MEDIUM.unlearn.precision == "bf16" and MEDIUM.unlearn.lr == MUSE_LR == 1e-5
+    assert (MEDIUM.model.hidden_size, MEDIUM.model.num_hidden_layers) == (1024, 2)
+    assert MEDIUM.schemes == DEFAULT.schemes and MEDIUM.methods == DEFAULT.methods
+    args = MEDIUM.unlearn.arguments("ga_gdr")
+    assert args[args.index("--precision") + 1] == "bf16" and args[args.index("--lr") + 1] == "1e-05"
+    assert main(["demo", "--fast", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
+    assert "--fast and --scale medium" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -202,13 +202,15 @@ def run_cell(demo, corpus: str, root: Path, cell: Path, base: Path, reference: d
     from ..leaderboard.scores import retained
     from .stages import stage_seconds
 
+    # a full model (in the training dtype): the sweep evaluates it with fp32 arithmetic, which
+    # a bf16 delta on an fp32-loaded base would refuse
     run = demo.unlearn(corpus, method, base, folder=cell / "unlearn", lr=lr,
-                       precision=precision, seed=seed)
-    delta = run / "delta.safetensors"
-    results = demo.sweep(corpus, cell.name, base, delta, schemes=SCHEMES,
+                       precision=precision, seed=seed, save="full")
+    unlearned = run / "model"
+    results = demo.sweep(corpus, cell.name, unlearned, None, schemes=SCHEMES,
                          tasks=f"muse_{corpus}_verbmem_f", folder=cell / "sweep")
     verbmem = _verbmem(results, corpus)
-    report = demo.diagnose(corpus, method, base, delta, schemes=(FOUR,),
+    report = demo.diagnose(corpus, method, base, unlearned, schemes=(FOUR,),
                            folder=cell / "diagnose",
                            dtype="bfloat16" if precision == "bf16" else "auto")
     overall = report["schemes"][FOUR]["overall"]
