@@ -107,7 +107,8 @@ RECOVERY_MAP_METHODS = ("ga_gdr", "npo_gdr")
 #   update's direction (projection 0.19-0.27 at widths 128, 512, 1024). fp32 moves every weight
 #   and keeps 0.99 of it at any lr: the control where recovery cannot appear by construction.
 # * lrs 1e-5 (MUSE's) and 3e-5: at 3e-5 bf16 moves |w| < 2^-6 (~22% of the weights) and the
-#   projection rises to 0.67-0.82, so the pair brackets the edge of FP4's near-zero codes
+#   projection rises to 0.67-0.82 (0.90 at width 512 in 80 steps, docs/recovery_map.md; 0.195 at
+#   1e-5 there), so the pair brackets the edge of FP4's near-zero codes
 #   (0.0859 x block absmax ~ 0.005-0.0065 here). 1e-4 and above (the demo's lr) are fp32-like
 #   (projection ~1) and are left to ``--lrs``.
 # * widths 128 and 512: forgetting at MUSE's setting grows with width (retained ~99.9% at 128,
