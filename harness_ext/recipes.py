@@ -106,3 +106,39 @@ DEMO_METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "ga_gdr_s
 DEMO_FAST_METHODS = ("ga_gdr", "npo_klr_sure")
 #: the recovery map's methods (``demo --recovery_map``; ``--fast``: the first only)
 RECOVERY_MAP_METHODS = ("ga_gdr", "npo_gdr")
+
+
+# ---------------------------------------------------------------- the recovery map's axes
+# ``muse-quant demo --recovery_map``: width x lr x precision (x method x seed). Every default
+# below is chosen from a measured map (docs/recovery_map.md; the first map, 2026-11-29, 2 CPU
+# cores, GA_GDR 240 steps, one seed: docs/toy.md quotes it):
+#
+# * precisions bf16 and fp32: MUSE unlearns in pure bf16 from a bf16 model. Measured, bf16 at lr
+#   1e-5 leaves ~88-90% of the linear weights bit-identical (only |w| < 2^-8 can move: an Adam
+#   step of ~lr is under half a bf16 ulp of anything larger) and 4-bit FP4 keeps ~20-27% of the
+#   update's direction (projection 0.19-0.27 at widths 128, 512, 1024). fp32 moves every weight
+#   and keeps 0.99 of it at any lr: the control where recovery cannot appear by construction.
+# * lrs 1e-5 (MUSE's) and 3e-5: at 3e-5 bf16 moves |w| < 2^-6 (~22% of the weights) and the
+#   projection rises to 0.67-0.82 (0.90 at width 512 in 80 steps, docs/recovery_map.md; 0.195 at
+#   1e-5 there), so the pair brackets the edge of FP4's near-zero codes
+#   (0.0859 x block absmax ~ 0.005-0.0065 here). 1e-4 and above (the demo's lr) are fp32-like
+#   (projection ~1) and are left to ``--lrs``.
+# * widths 128 and 512: forgetting at MUSE's setting grows with width (retained ~99.9% at 128,
+#   99.8% at 512, 93-95% at 1024), and 128 / 512 targets are cheap (the demo's own / ~4 min).
+#   1024 (~14 min to build on 2 cores, 110 s per 240-step unlearning) is where the measured
+#   forgetting at lr 1e-5 is large enough to see 4-bit take it back: pass ``--widths 1024``.
+# * width == the demo's (128) reuses the demo's own 4-layer target (and its cache). Any other
+#   width is a 2-layer Llama with intermediate 3 x width and width / 64 heads, pre-trained and
+#   fine-tuned with the demo's recipe (fewer layers keep 512-1024 affordable on a CPU).
+RECOVERY_MAP_WIDTHS = (128, 512)
+RECOVERY_MAP_LRS = (1e-5, 3e-5)
+RECOVERY_MAP_PRECISIONS = ("bf16", "fp32")
+#: unlearning seeds (data order); one by default (cost), ``--seeds 0,1,2`` to see the noise
+RECOVERY_MAP_SEEDS = (0,)
+#: the layers of a map target whose width differs from the demo's
+RECOVERY_MAP_LAYERS = 2
+#: intermediate size = this x width; heads = width / RECOVERY_MAP_HEAD_DIM (Llama's 64-wide heads)
+RECOVERY_MAP_INTERMEDIATE = 3
+RECOVERY_MAP_HEAD_DIM = 64
+#: widths must be multiples of this (bitsandbytes blocks of 64, GPTQ/AWQ groups of 128)
+RECOVERY_MAP_WIDTH_MULTIPLE = 128

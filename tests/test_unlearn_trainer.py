@@ -475,3 +475,18 @@ def test_bf16_plain_method_update_holds_only_what_training_changed(target, data,
     after, _ = applied(target, tmp_path / "delta" / "delta.safetensors")
     for name, p in after.items():
         assert torch.equal(p, trained[name]), name
+    # --save full carries the rounding mark: diagnose compares against the rounded target, so its
+    # update is what training moved (no rounding noise of the other tensors)
+    from harness_ext.evaluation.diagnostics import load_pair
+
+    full = tmp_path / "full" / "model"
+    assert checkpoints.delta_base_rounding(full) == torch.bfloat16
+    ref, unl, _, report = load_pair(str(target), str(full))
+    assert report["kind"] == "full" and report["base_rounded_to"] == "bfloat16"
+    ref, unl = dict(ref.named_parameters()), dict(unl.named_parameters())
+    assert all(torch.equal(ref[n], base[n]) for n in base)
+    assert {n for n in ref if not torch.equal(ref[n], unl[n])} == moved
+    # an fp32 full model carries no mark
+    run(target, data, tmp_path / "fp32", "ga", lr=1e-6, max_steps=1, save="full")
+    assert checkpoints.delta_base_rounding(tmp_path / "fp32" / "model") is None
+    assert "base_rounded_to" not in load_pair(str(target), str(tmp_path / "fp32" / "model"))[3]

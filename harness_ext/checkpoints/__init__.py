@@ -18,10 +18,11 @@ from .reading import (DELTA_METADATA, DELTA_METADATA_KEY, EXACT_INDEX, EXACT_VAL
                       PICKLE_SUFFIXES, ROUNDED, check_finite, check_pretrained,
                       detect_checkpoint_kind, load_state_file, read_adapter_config)
 from .applying import apply_unlearned, parameter_aliases
-from .delta import delta_base_rounding, round_parameters, save_delta, weight_delta
+from .delta import (BASE_ROUNDING_FILE, delta_base_rounding, round_parameters, save_delta,
+                    weight_delta, write_base_rounding)
 
-__all__ = ["DELTA_METADATA", "DELTA_METADATA_KEY", "EXACT_INDEX", "EXACT_VALUE",
+__all__ = ["BASE_ROUNDING_FILE", "DELTA_METADATA", "DELTA_METADATA_KEY", "EXACT_INDEX", "EXACT_VALUE",
            "PICKLE_SUFFIXES", "ROUNDED", "apply_unlearned", "check_finite",
            "check_pretrained", "delta_base_rounding", "detect_checkpoint_kind",
            "load_state_file", "parameter_aliases", "read_adapter_config",
-           "round_parameters", "save_delta", "weight_delta"]
+           "round_parameters", "save_delta", "weight_delta", "write_base_rounding"]

@@ -95,6 +95,9 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
                             _dtype_name(rounded_to), _dtype_name(rounded_to))
                 round_parameters(model, rounded_to)
         else:
+            # a full model replaces every weight; its rounding mark only tells diagnose which
+            # target it was trained from (the base's weights need no rounding)
+            rounded_to = delta_base_rounding(path)
             state = {}
             for file in _full_model_files(path):
                 part = load_state_file(file, allow_pickle)
@@ -121,7 +124,7 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
     if not report["tensors_changed"]:
         log.warning("the unlearned checkpoint %s changes no weight: the results will be those "
                     "of the original model (pretrained=)", path)
-    if kind == "delta" and rounded_to is not None:
+    if rounded_to is not None:
         report["base_rounded_to"] = _dtype_name(rounded_to)
     log.info("applied unlearned checkpoint (%s) %s: %d tensors changed, ||delta|| = %.4g",
              kind, path, report["tensors_changed"], report["update_l2_norm"])

@@ -10,6 +10,9 @@ from torch import nn
 from ..errors import MuseQuantError
 from .reading import DELTA_METADATA, DELTA_METADATA_KEY, EXACT_INDEX, EXACT_VALUE, ROUNDED
 
+#: in a full model directory written by bf16 training from a wider-stored target
+BASE_ROUNDING_FILE = "muse_quant_base_rounding.json"
+
 
 @torch.no_grad()
 def weight_delta(unlearned: nn.Module, original: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
@@ -67,9 +70,34 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def write_base_rounding(model_dir: str | Path, dtype: torch.dtype) -> Path:
+    """Mark a full model directory (``unlearn --save full``) as trained from the target rounded
+    to ``dtype``: :func:`delta_base_rounding` reads it, so that ``diagnose`` compares against the
+    same rounded target (the weights themselves need no mark: a full model replaces them all)."""
+    import json
+
+    path = Path(model_dir) / BASE_ROUNDING_FILE
+    path.write_text(json.dumps({"base_rounded_to": _dtype_name(dtype)}) + "\n")
+    return path
+
+
 def delta_base_rounding(path: str | Path) -> torch.dtype | None:
-    """The dtype the delta file at ``path`` says its base must be rounded to, else None."""
+    """The dtype the checkpoint at ``path`` says its base was rounded to, else None: a delta
+    file's metadata, or a full model directory's :data:`BASE_ROUNDING_FILE`."""
     path = Path(path)
+    if path.is_dir():
+        import json
+
+        mark = path / BASE_ROUNDING_FILE
+        if not mark.is_file():
+            return None
+        try:
+            name = str(json.loads(mark.read_text())["base_rounded_to"])
+        except (ValueError, KeyError, TypeError):
+            raise MuseQuantError(f"{mark} is not a JSON object with a base_rounded_to dtype",
+                                 "delete it, or re-write the model with `muse-quant unlearn "
+                                 "--save full`") from None
+        return _rounding_dtype(name, mark)
     if path.suffix != ".safetensors":
         return None
     from safetensors import safe_open
@@ -78,7 +106,10 @@ def delta_base_rounding(path: str | Path) -> torch.dtype | None:
         text = (f.metadata() or {}).get(DELTA_METADATA_KEY, "")
     if ROUNDED not in text:
         return None
-    name = text.split(ROUNDED, 1)[1]
+    return _rounding_dtype(text.split(ROUNDED, 1)[1], path)
+
+
+def _rounding_dtype(name: str, path: Path) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise MuseQuantError(f"{path}: its metadata asks to round the base to {name!r}, which "

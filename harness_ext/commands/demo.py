@@ -3,7 +3,8 @@
   muse-quant demo                       # NEWS-like toy: build, unlearn, quantize, leaderboard
   muse-quant demo --corpus both --out DIR
   muse-quant demo --fast                # every stage, minimal sizes (the test suite runs it)
-  muse-quant demo --recovery_map [--precisions fp32,bf16]
+  muse-quant demo --scale medium        # the paper's regime: width 1024, pure bf16, lr 1e-5
+  muse-quant demo --recovery_map [--widths 128,512 --lrs 1e-5,3e-5 --precisions bf16,fp32]
 
 Stages (each cached under --out; a re-run skips finished work, --fresh starts over):
   1. the embedded corpus; 2. base -> target (forget + retain) and retrain (retain) models;
@@ -29,17 +30,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corpus", default="news", choices=["news", "books", "both"])
     parser.add_argument("--fast", action="store_true",
                         help="minimal sizes, every stage (about a minute; for tests)")
+    parser.add_argument("--scale", default="small", choices=["small", "medium"],
+                        help="small: the 10-minute toy (width 128, fp32, lr 1e-4); medium: the "
+                             "paper's regime (width 1024, 2 layers, pure bf16 at MUSE's lr 1e-5; "
+                             "far longer, see docs/toy.md)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete --out first (only a folder this command made)")
     parser.add_argument("--recovery_map", action="store_true",
                         help="sweep the unlearning lr (x precision) for two methods and plot "
                              "4-bit vs full-precision retained knowledge")
-    parser.add_argument("--precisions", default="fp32",
+    parser.add_argument("--widths", default=None,
+                        help="with --recovery_map: comma-separated model widths (hidden size, "
+                             "multiples of 128; default 128,512; the demo's width reuses its "
+                             "target, others train a 2-layer target once, cached)")
+    parser.add_argument("--precisions", default=None,
                         help="with --recovery_map: comma-separated unlearning precisions "
-                             "(fp32, bf16, bf16-mixed); bf16 is several times slower on CPU")
+                             "(fp32, bf16, bf16-mixed; default bf16,fp32)")
     parser.add_argument("--lrs", default=None,
                         help="with --recovery_map: comma-separated learning rates "
-                             "(default 1e-5,3e-5,1e-4,3e-4)")
+                             "(default 1e-5,3e-5)")
+    parser.add_argument("--map_methods", default=None,
+                        help="with --recovery_map: comma-separated methods (default ga_gdr,npo_gdr)")
+    parser.add_argument("--seeds", default=None,
+                        help="with --recovery_map: comma-separated unlearning seeds (default 0)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="models unlearned/evaluated at once, one torch thread each "
                              "(default: 2 when the machine has 2+ cores)")
@@ -48,29 +61,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..errors import MuseQuantError
-    from ..demo import DEFAULT, FAST, DemoRun, prepare_out
+    from ..demo import FAST, DemoRun, prepare_out
 
-    config = FAST if args.fast else DEFAULT
+    from ..demo import SCALES
+
+    if args.fast and args.scale != "small":
+        raise MuseQuantError(f"--fast and --scale {args.scale} contradict each other",
+                             "pass one of them")
+    config = FAST if args.fast else SCALES[args.scale]
     corpora = ("news", "books") if args.corpus == "both" else (args.corpus,)
     out = Path(args.out).expanduser()
     if args.recovery_map:
-        from ..demo.recovery_map import run_recovery_map
+        from ..demo.recovery_map import MapAxes, run_recovery_map
 
-        precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
-        bad = [p for p in precisions if p not in ("fp32", "bf16", "bf16-mixed")]
-        if bad or not precisions:
-            raise MuseQuantError(f"unknown --precisions {args.precisions!r}",
-                                 "use a comma-separated subset of fp32,bf16,bf16-mixed")
-        if args.lrs:
-            try:
-                lrs = tuple(float(x) for x in args.lrs.split(","))
-            except ValueError:
-                raise MuseQuantError(f"--lrs {args.lrs!r} is not a list of numbers",
-                                     "e.g. --lrs 1e-5,1e-4") from None
-            if any(x <= 0 for x in lrs):
-                raise MuseQuantError("--lrs must be positive", "e.g. --lrs 1e-5,1e-4")
-        else:
-            lrs = config.map_lrs
+        axes = MapAxes.parse(config, args.widths, args.precisions, args.lrs,
+                             args.map_methods, args.seeds)
     prepare_out(out, config, args.fresh)
     import os
 
@@ -80,7 +85,7 @@ def run(args) -> int:
     demo = DemoRun(config, out, corpora, progress=not args.no_progress, jobs=jobs)
     if args.recovery_map:
         for corpus in corpora:
-            run_recovery_map(demo, corpus, precisions, lrs)
+            run_recovery_map(demo, corpus, axes)
     else:
         demo.run()
     return 0

@@ -69,8 +69,9 @@ def finetune(name: str, recipe: ModelRecipe, out_dir: str | Path, progress: bool
 
 
 def build_models(corpus: str, recipe: ModelRecipe, out_dir: str | Path, progress: bool = True,
-                 jobs: int = 1) -> dict[str, Path]:
-    """Train base, then target and retrain (``jobs`` at a time); save each as an HF folder."""
+                 jobs: int = 1, names: tuple[str, ...] = tuple(SPLITS)) -> dict[str, Path]:
+    """Train base, then ``names`` (default: target and retrain; ``jobs`` at a time); save each
+    as an HF folder."""
     from ..data import embedded
 
     out = Path(out_dir)
@@ -87,15 +88,15 @@ def build_models(corpus: str, recipe: ModelRecipe, out_dir: str | Path, progress
                              bucket_by_length=True)
     paths = {"base": tiny.save_model(model, tokenizer, out / "base")}
     (out / "base" / CORPUS_FILE).write_text(json.dumps(corpus))
-    if jobs > 1:
+    if jobs > 1 and len(names) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {name: pool.submit(finetune, name, recipe, out, False, 1)
-                       for name in SPLITS}
+                       for name in names}
             paths.update({name: f.result() for name, f in futures.items()})
     else:
-        for name in SPLITS:
+        for name in names:
             paths[name] = finetune(name, recipe, out, progress)
     return paths

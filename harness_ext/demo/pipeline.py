@@ -57,19 +57,22 @@ class DemoRun:
                 self.log(f"[{corpus}] training base, target and retrain models")
                 build_models(corpus, self.config.model, folder, progress=self.progress,
                              jobs=self.jobs)
+                if self.config.unlearn.precision == "bf16":  # MUSE's models are 16-bit
+                    store_in_bf16(folder / "target", folder / "retrain")
         return folder
 
     def unlearn(self, corpus: str, method: str, target: Path, folder: Path | None = None,
                 lr: float | None = None, precision: str | None = None,
-                save: str = "delta") -> Path:
+                save: str = "delta", seed: int | None = None) -> Path:
         folder = folder or self.out / corpus / "unlearn" / method
         with Stage(folder, f"unlearning {method}") as stage:
             if not stage.done:
                 self.log(f"[{corpus}] unlearning: {method}"
-                         + (f" lr {lr:g}" if lr else "") + (f" {precision}" if precision else ""))
+                         + (f" lr {lr:g}" if lr else "") + (f" {precision}" if precision else "")
+                         + (f" seed {seed}" if seed is not None else ""))
                 argv = ["unlearn", "--pretrained", str(target), "--corpus", corpus,
                         "--muse_data", "embedded", "--out", str(folder / "run"), "--save", save,
-                        *self.config.unlearn.arguments(method, lr, precision)]
+                        *self.config.unlearn.arguments(method, lr, precision, seed)]
                 if not self.progress:
                     argv.append("--no_progress")
                 run_command(argv, f"unlearning {method}")
@@ -176,6 +179,17 @@ class DemoRun:
 
     def checkpoint(self, corpus: str, method: str) -> Path:
         return self.out / corpus / "unlearn" / method / "run" / "delta.safetensors"
+
+
+def store_in_bf16(*folders: Path) -> None:
+    """Re-save models in bf16 (a demo that unlearns in pure bf16 starts from a bf16 target, as
+    MUSE did; evaluated with fp32 arithmetic, the bf16 weights are exact)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    for folder in folders:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+        model.save_pretrained(folder)
 
 
 # ------------------------------------------------------------------ worker processes

@@ -1,35 +1,190 @@
 """``muse-quant demo --recovery_map``: where (if anywhere) does 4-bit quantization bring the
-forgotten text back in the toy?
+forgotten text back in the toy, and what happens to the update in the weights?
 
-For each unlearning precision p, method m and learning rate lr (everything else as in the demo):
-unlearn the target, evaluate VerbMem_f at full precision and at 4-bit (``bnb-fp4``, the paper's
-4-bit) and run ``diagnose`` at ``bnb-fp4``. A point is
+Axes: model width x unlearning precision x learning rate (x method x seed); the defaults and the
+measurements behind them are in :mod:`harness_ext.recipes` (``RECOVERY_MAP_*``). Per cell
+(everything else as in the demo): unlearn the width's target, evaluate VerbMem_f at full
+precision and at 4-bit (``bnb-fp4``, the paper's 4-bit) and run ``diagnose`` at ``bnb-fp4``.
+A point is
 
 * ``retained_full``  = 100 * VerbMem_f(theta_u) / VerbMem_f(theta_o),
 * ``retained_4bit``  = 100 * VerbMem_f(Q(theta_u)) / VerbMem_f(Q(theta_o)),
-* ``survival_ratio`` = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| (diagnose),
+* ``projection``     = <Q(theta_u) - Q(theta_o), theta_u - theta_o> / ||theta_u - theta_o||^2
+  (the share of the update 4-bit keeps in its own direction; docs/diagnostics.md), with
+  diagnose's other mechanism numbers (unchanged weights, largest moved |w|, near-zero edge),
 
 and it shows **recovery** when the unlearning forgot something at full precision
-(``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back
-(``retained_4bit - retained_full >= 10``). Retained knowledge, the rule and its threshold are
-defined once, in :mod:`harness_ext.leaderboard.scores` (``retained``, ``recovered``,
-``RECOVERY_POINTS``). For ``bf16`` the target is first rounded to bf16 and stored so (MUSE's
-models are 16-bit), unlearned in pure bf16, and both are evaluated with fp32 arithmetic on their
-(exactly representable) bf16 weights, so only the weights differ.
+(``retained_full <= 100 - 10``) and 4-bit brings at least 10 points of it back. Retained
+knowledge, the rule and its threshold are defined once, in :mod:`harness_ext.leaderboard.scores`.
+
+Targets: the demo's own at its width, else a 2-layer model of that width built with the demo's
+recipe (cached per width under ``recovery_map/targets/``, named by the recipe's hash). For
+``bf16`` the target is rounded to bf16 and stored so (MUSE's models are 16-bit), unlearned in
+pure bf16, and both are evaluated with fp32 arithmetic on their (exactly representable) bf16
+weights, so only the weights differ. Every cell is cached (``point.json``); a run with other
+axes adds cells, and the table and plot show every point measured under ``--out``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..leaderboard.scores import RECOVERY_POINTS, recovered, retained
-from ..recipes import FULL_PRECISION as FULL, PAPER_4BIT as FOUR, RECOVERY_MAP_SCHEMES
+from ..errors import MuseQuantError
+from ..recipes import (FULL_PRECISION as FULL, PAPER_4BIT as FOUR, RECOVERY_MAP_HEAD_DIM,
+                       RECOVERY_MAP_INTERMEDIATE, RECOVERY_MAP_LAYERS, RECOVERY_MAP_LRS,
+                       RECOVERY_MAP_PRECISIONS, RECOVERY_MAP_SCHEMES, RECOVERY_MAP_SEEDS,
+                       RECOVERY_MAP_WIDTH_MULTIPLE, RECOVERY_MAP_WIDTHS)
+from .map_report import format_map, is_recovery, plot_map, write_tables
 
 SCHEMES = RECOVERY_MAP_SCHEMES
 POINT_FILE = "point.json"
+PRECISIONS = ("fp32", "bf16", "bf16-mixed")
+#: diagnose's overall numbers a point keeps (docs/diagnostics.md)
+DIAGNOSE_KEYS = ("projection", "survival_ratio", "sub_half_step_share", "unchanged_fraction",
+                 "code_flip_rate", "code_share_of_dq", "near_zero_update_share", "movable_cap",
+                 "near_zero_edge_mean")
+
+__all__ = ["MapAxes", "format_map", "is_recovery", "plot_map", "run_recovery_map"]
 
 
+@dataclass(frozen=True)
+class MapAxes:
+    """The cells to run: every combination of these."""
+
+    widths: tuple[int, ...] = RECOVERY_MAP_WIDTHS
+    precisions: tuple[str, ...] = RECOVERY_MAP_PRECISIONS
+    lrs: tuple[float, ...] = RECOVERY_MAP_LRS
+    methods: tuple[str, ...] = ()  # () = the config's map_methods
+    seeds: tuple[int, ...] = RECOVERY_MAP_SEEDS
+
+    @classmethod
+    def parse(cls, config, widths: str | None = None, precisions: str | None = None,
+              lrs: str | None = None, methods: str | None = None,
+              seeds: str | None = None) -> "MapAxes":
+        """The axes from the command line's comma-separated strings (None: the default;
+        ``--fast``: the config's own width, fp32 and its ``map_lrs``)."""
+        fast = config.name == "fast"
+        default = cls(widths=(config.model.hidden_size,), precisions=("fp32",),
+                      lrs=tuple(config.map_lrs)) if fast else cls()
+        return cls(widths=_parse_widths(widths) if widths else default.widths,
+                   precisions=_parse_precisions(precisions) if precisions
+                   else default.precisions,
+                   lrs=_parse_numbers("--lrs", lrs, float, "1e-5,3e-5") if lrs else default.lrs,
+                   methods=_parse_methods(methods) if methods else tuple(config.map_methods),
+                   seeds=_parse_numbers("--seeds", seeds, int, "0,1") if seeds
+                   else default.seeds)
+
+    def cells(self):
+        return [(w, p, m, lr, s) for w in self.widths for p in self.precisions
+                for m in self.methods for lr in self.lrs for s in self.seeds]
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _parse_numbers(flag: str, text: str, kind, example: str) -> tuple:
+    try:
+        values = tuple(kind(x) for x in _split(text))
+    except ValueError:
+        raise MuseQuantError(f"{flag} {text!r} is not a list of numbers",
+                             f"e.g. {flag} {example}") from None
+    if not values or any(x < 0 for x in values) or (kind is float and 0 in values):
+        raise MuseQuantError(f"{flag} {text!r}: values must be "
+                             + ("positive" if kind is float else "non-negative integers"),
+                             f"e.g. {flag} {example}")
+    return values
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    fix = f"e.g. --widths 128,512 (multiples of {RECOVERY_MAP_WIDTH_MULTIPLE})"
+    try:
+        widths = tuple(int(x) for x in _split(text))
+    except ValueError:
+        raise MuseQuantError(f"--widths {text!r} is not a list of integers", fix) from None
+    bad = [w for w in widths if w <= 0 or w % RECOVERY_MAP_WIDTH_MULTIPLE]
+    if bad or not widths:
+        raise MuseQuantError(
+            f"--widths {text!r}: {', '.join(map(str, bad)) or 'no width'} is not a positive "
+            f"multiple of {RECOVERY_MAP_WIDTH_MULTIPLE} (bitsandbytes blocks of 64 and GPTQ/AWQ "
+            "groups of 128 need it)", fix)
+    return widths
+
+
+def _parse_precisions(text: str) -> tuple[str, ...]:
+    precisions = tuple(_split(text))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise MuseQuantError(f"unknown --precisions {text!r}",
+                             f"use a comma-separated subset of {','.join(PRECISIONS)}")
+    return precisions
+
+
+def _parse_methods(text: str) -> tuple[str, ...]:
+    from ..unlearning import available_methods
+
+    known = sorted(name for name, _ in available_methods())
+    methods = tuple(_split(text))
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise MuseQuantError(f"unknown --map_methods {text!r}",
+                             f"use a comma-separated subset of {', '.join(known)}")
+    return methods
+
+
+# ------------------------------------------------------------------ targets (cached per width)
+def width_recipe(recipe, width: int):
+    """The demo's model recipe at ``width`` (the demo's own when the width is the demo's)."""
+    if width == recipe.hidden_size:
+        return recipe
+    return replace(recipe, hidden_size=width, intermediate_size=RECOVERY_MAP_INTERMEDIATE * width,
+                   num_hidden_layers=RECOVERY_MAP_LAYERS,
+                   num_attention_heads=width // RECOVERY_MAP_HEAD_DIM)
+
+
+def target_folder(root: Path, recipe) -> Path:
+    """``targets/w<width>-<hash of the recipe>``: a changed recipe never reuses a stale target."""
+    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()
+    return root / "targets" / f"w{recipe.hidden_size}-{digest[:10]}"
+
+
+def map_target(demo, corpus: str, width: int, root: Path) -> tuple[Path, str]:
+    """``(target folder, name)`` of ``width`` (built and cached on first use)."""
+    from .models import build_models
+    from .stages import Stage
+
+    if width == demo.config.model.hidden_size:
+        return demo.models(corpus) / "target", f"w{width}-demo"
+    recipe = width_recipe(demo.config.model, width)
+    folder = target_folder(root, recipe)
+    with Stage(folder, f"target of width {width}") as stage:
+        if not stage.done:
+            demo.log(f"[{corpus}] training a target of width {width} "
+                     f"({recipe.num_hidden_layers} layers)")
+            build_models(corpus, recipe, folder, progress=demo.progress, names=("target",))
+            (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    return folder / "target", folder.name
+
+
+def bf16_target(target: Path, folder: Path) -> Path:
+    """The target rounded to bf16 and saved in bf16 (cached)."""
+    from .stages import Stage
+
+    with Stage(folder, "target rounded to bf16") as stage:
+        if not stage.done:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.bfloat16)
+            model.save_pretrained(folder / "model")
+            AutoTokenizer.from_pretrained(target).save_pretrained(folder / "model")
+    return folder / "model"
+
+
+# ------------------------------------------------------------------ the map
 def _verbmem(results_dir: Path, corpus: str) -> dict:
     from ..io import load_results, metric, scheme_filename
 
@@ -37,167 +192,115 @@ def _verbmem(results_dir: Path, corpus: str) -> dict:
                       f"muse_{corpus}_verbmem_f", "verbmem_rougeL_f1") for s in SCHEMES}
 
 
-def _bf16_target(target: Path, folder: Path) -> Path:
-    """The target rounded to bf16 and saved in bf16 (cached)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = folder / "target_bf16"
-    if not (out / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.bfloat16)
-        model.save_pretrained(out)
-        AutoTokenizer.from_pretrained(target).save_pretrained(out)
-    return out
+def cell_name(method: str, precision: str, lr: float, seed: int) -> str:
+    return f"{method}-{precision}-lr{lr:g}-seed{seed}"
 
 
-def run_recovery_map(demo, corpus: str, precisions=("fp32",), lrs=None) -> dict:
+def run_cell(demo, corpus: str, root: Path, cell: Path, base: Path, reference: dict,
+             width: int, precision: str, method: str, lr: float, seed: int) -> dict:
+    """Unlearn, evaluate and diagnose one cell; returns (and writes) its point."""
+    from ..leaderboard.scores import retained
+    from .stages import stage_seconds
+
+    # a full model (in the training dtype): the sweep evaluates it with fp32 arithmetic, which
+    # a bf16 delta on an fp32-loaded base would refuse
+    run = demo.unlearn(corpus, method, base, folder=cell / "unlearn", lr=lr,
+                       precision=precision, seed=seed, save="full")
+    unlearned = run / "model"
+    results = demo.sweep(corpus, cell.name, unlearned, None, schemes=SCHEMES,
+                         tasks=f"muse_{corpus}_verbmem_f", folder=cell / "sweep")
+    verbmem = _verbmem(results, corpus)
+    report = demo.diagnose(corpus, method, base, unlearned, schemes=(FOUR,),
+                           folder=cell / "diagnose",
+                           dtype="bfloat16" if precision == "bf16" else "auto")
+    overall = report["schemes"][FOUR]["overall"]
+    card = json.loads((run / "run_card.json").read_text())
+    kept = {s: retained(verbmem[s], reference[s]) for s in SCHEMES}
+    point = {"width": width, "layers": json.loads((base / "config.json").read_text())
+             ["num_hidden_layers"], "method": method, "precision": precision, "lr": lr,
+             "seed": seed, "steps": card["hyperparameters"]["steps"],
+             "verbmem_f": verbmem, "target_verbmem_f": reference,
+             "retained_full": kept[FULL], "retained_4bit": kept[FOUR],
+             **{k: overall.get(k) for k in DIAGNOSE_KEYS},
+             "unlearn_seconds": stage_seconds(cell / "unlearn")}
+    (cell / POINT_FILE).write_text(json.dumps(point, indent=2) + "\n")
+    return point
+
+
+def run_recovery_map(demo, corpus: str, axes: MapAxes | None = None) -> dict:
+    """Run the cells of ``axes`` not done yet, then write the map of every point under
+    ``OUT/<corpus>/recovery_map/`` (``recovery_map.md``, ``points.json``, ``recovery_map.svg``)."""
     from tqdm.auto import tqdm
 
-    config = demo.config
-    lrs = tuple(lrs or config.map_lrs)
+    axes = axes or MapAxes.parse(demo.config)
     demo.data()
-    target = demo.models(corpus) / "target"
     root = demo.out / corpus / "recovery_map"
     root.mkdir(parents=True, exist_ok=True)
-    points = []
-    cells = [(p, m, lr) for p in precisions for m in config.map_methods for lr in lrs]
+    cells = axes.cells()
     bar = tqdm(cells, desc="recovery map", unit="run", disable=not demo.progress)
-    references = {}
-    for precision, method, lr in bar:
-        bar.set_postfix_str(f"{method} lr {lr:g} {precision}")
-        if precision not in references:
-            base = target if precision != "bf16" else _bf16_target(target, root)
+    targets, references = {}, {}
+    for width, precision, method, lr, seed in bar:
+        cell = root / f"w{width}" / cell_name(method, precision, lr, seed)
+        if (cell / POINT_FILE).exists():
+            continue
+        bar.set_postfix_str(f"width {width} {method} lr {lr:g} {precision} seed {seed}")
+        if width not in targets:
+            targets[width] = map_target(demo, corpus, width, root)
+        target, name = targets[width]
+        if (width, precision) not in references:
+            base = bf16_target(target, root / "targets" / f"{name}-bf16") \
+                if precision == "bf16" else target
             results = demo.sweep(corpus, f"target-{precision}", base, None, schemes=SCHEMES,
                                  tasks=f"muse_{corpus}_verbmem_f",
-                                 folder=root / f"target-{precision}")
-            references[precision] = (base, _verbmem(results, corpus))
-        base, reference = references[precision]
-        cell = root / f"{method}-{precision}-lr{lr:g}"
-        run = demo.unlearn(corpus, method, base, folder=cell / "unlearn", lr=lr,
-                           precision=precision, save="full")
-        unlearned = run / "model"
-        results = demo.sweep(corpus, cell.name, unlearned, None, schemes=SCHEMES,
-                             tasks=f"muse_{corpus}_verbmem_f", folder=cell / "sweep")
-        verbmem = _verbmem(results, corpus)
-        report = demo.diagnose(corpus, method, base, unlearned, schemes=(FOUR,),
-                               folder=cell / "diagnose",
-                               dtype="bfloat16" if precision == "bf16" else "auto")
-        overall = report["schemes"][FOUR]["overall"]
-        kept = {s: retained(verbmem[s], reference[s]) for s in SCHEMES}
-        point = {
-            "method": method, "precision": precision, "lr": lr,
-            "verbmem_f": verbmem, "target_verbmem_f": reference,
-            "retained_full": kept[FULL], "retained_4bit": kept[FOUR],
-            "survival_ratio": overall["survival_ratio"],
-            "sub_half_step_share": overall["sub_half_step_share"],
-            "unchanged_fraction": overall["unchanged_fraction"],
-        }
-        (cell / POINT_FILE).write_text(json.dumps(point, indent=2) + "\n")
+                                 folder=root / "targets" / f"{name}-{precision}-eval")
+            references[(width, precision)] = (base, _verbmem(results, corpus))
+        base, reference = references[(width, precision)]
+        run_cell(demo, corpus, root, cell, base, reference, width, precision, method, lr, seed)
     bar.close()
-    # the map shows every point measured in this folder (earlier runs with other lrs/precisions)
-    points = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{POINT_FILE}"))]
-    points.sort(key=lambda p: (p["precision"], p["method"], p["lr"]))
-    found = [p for p in points if is_recovery(p)]
-    report = {"corpus": corpus, "methods": sorted({p["method"] for p in points}),
-              "lrs": sorted({p["lr"] for p in points}),
-              "precisions": sorted({p["precision"] for p in points}),
-              "recovery_points": RECOVERY_POINTS,
-              "points": points, "recovery_found": [
-                  {k: p[k] for k in ("method", "precision", "lr")} for p in found]}
+    # the map shows every point measured in this folder (earlier runs with other axes too)
+    points = [json.loads(p.read_text()) for p in sorted(root.glob(f"w*/*/{POINT_FILE}"))]
+    report = build_report(corpus, points)
     (root / "points.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_tables(report, root / "recovery_map.md")
     plot_map(report, root / "recovery_map.svg")
-    demo.log(format_map(report) + f"\n\nplot: {root / 'recovery_map.svg'}")
+    demo.log(format_map(report) + f"\n\ntable: {root / 'recovery_map.md'}\n"
+             f"plot: {root / 'recovery_map.svg'}")
     return report
 
 
-def is_recovery(point: dict) -> bool:
-    """The recovery rule of :mod:`harness_ext.leaderboard.scores` on one point (False when a
-    number is missing)."""
-    return bool(recovered(point["retained_full"], point["retained_4bit"]))
+def build_report(corpus: str, points: list[dict]) -> dict:
+    """Points, and rows: the mean over seeds of each (width, precision, method, lr)."""
+    from ..leaderboard.scores import RECOVERY_POINTS
+
+    points = sorted(points, key=lambda p: (p.get("width") or 0, p["precision"], p["method"],
+                                           p["lr"], p.get("seed") or 0))
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p.get("width"), p["precision"], p["method"], p["lr"]), []).append(p)
+    rows = [aggregate(group) for group in groups.values()]
+    found = [r for r in rows if is_recovery(r)]
+    return {"corpus": corpus, "methods": sorted({p["method"] for p in points}),
+            "lrs": sorted({p["lr"] for p in points}),
+            "precisions": sorted({p["precision"] for p in points}),
+            "widths": sorted({p.get("width") for p in points if p.get("width")}),
+            "recovery_points": RECOVERY_POINTS, "rows": rows, "points": points,
+            "recovery_found": [{k: r[k] for k in ("width", "method", "precision", "lr")}
+                               for r in found]}
 
 
-def format_map(report: dict) -> str:
-    def f(x, d=1):
-        return "-" if x is None else f"{x:.{d}f}"
+def aggregate(group: list[dict]) -> dict:
+    """Mean of each number over the seeds of one cell (with min and max of the retained %)."""
+    def mean(key):
+        values = [p.get(key) for p in group if p.get(key) is not None]
+        return sum(values) / len(values) if values else None
 
-    lines = [f"recovery map, {report['corpus']}: retained knowledge % (VerbMem_f vs target), "
-             f"full precision vs 4-bit ({FOUR})",
-             f"{'method':<10}{'precision':>10}{'lr':>9}{'full':>8}{'4-bit':>8}{'4bit-full':>11}"
-             f"{'survival':>10}{'<Δ/2 share':>12}{'unchanged':>11}"]
-    for p in report["points"]:
-        gap = None if None in (p["retained_full"], p["retained_4bit"]) else \
-            p["retained_4bit"] - p["retained_full"]
-        lines.append(f"{p['method']:<10}{p['precision']:>10}{p['lr']:>9.0e}"
-                     f"{f(p['retained_full']):>8}{f(p['retained_4bit']):>8}{f(gap):>11}"
-                     f"{f(p['survival_ratio'], 2):>10}{f(p['sub_half_step_share'], 3):>12}"
-                     f"{f(p['unchanged_fraction'], 3):>11}")
-    if report["recovery_found"]:
-        where = ", ".join(f"{p['method']} {p['precision']} lr {p['lr']:g}"
-                          for p in report["recovery_found"])
-        lines.append(f"recovery (full <= {100 - report['recovery_points']:g}, 4-bit >= full + "
-                     f"{report['recovery_points']:g} points) at: {where}")
-    else:
-        lines.append(f"no recovery (full <= {100 - report['recovery_points']:g}, 4-bit >= full + "
-                     f"{report['recovery_points']:g} points) anywhere "
-                     f"in the explored region: methods {', '.join(report['methods'])} x lr "
-                     f"{', '.join(f'{x:g}' for x in report['lrs'])} x precision "
-                     f"{', '.join(report['precisions'])}")
-    return "\n".join(lines)
-
-
-def plot_map(report: dict, path: Path) -> Path:
-    """Left: 4-bit vs full-precision retained knowledge (y = x: no change). Right: the 4-bit gap
-    against diagnose's survival ratio."""
-    import io
-    import math
-
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    markers = {"fp32": "o", "bf16": "s", "bf16-mixed": "^"}
-    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
-    with matplotlib.rc_context({"svg.hashsalt": "muse-quant-demo", "svg.fonttype": "none",
-                                "font.size": 9}):
-        fig = Figure(figsize=(10, 4.2), layout="constrained")
-        left, right = fig.subplots(1, 2)
-        top = 5.0
-        for i, method in enumerate(report["methods"]):
-            for precision in report["precisions"]:
-                pts = [p for p in report["points"] if p["method"] == method
-                       and p["precision"] == precision and p["retained_full"] is not None
-                       and p["retained_4bit"] is not None]
-                if not pts:
-                    continue
-                label = f"{method} ({precision})"
-                xs = [p["retained_full"] for p in pts]
-                ys = [p["retained_4bit"] for p in pts]
-                top = max(top, *xs, *ys)
-                left.plot(xs, ys, marker=markers.get(precision, "o"), color=colours[i % 4],
-                          label=label, lw=0.8)
-                for p in pts:
-                    left.annotate(f"{p['lr']:g}", (p["retained_full"], p["retained_4bit"]),
-                                  fontsize=7, xytext=(3, 3), textcoords="offset points")
-                surv = [(p["survival_ratio"], p["retained_4bit"] - p["retained_full"])
-                        for p in pts if p["survival_ratio"]]
-                if surv:
-                    right.scatter([s for s, _ in surv], [g for _, g in surv],
-                                  marker=markers.get(precision, "o"), color=colours[i % 4],
-                                  label=label)
-        lim = math.ceil(top / 10 + 0.5) * 10
-        left.plot([0, lim], [0, lim], color="grey", ls=":", lw=0.8, label="no change")
-        left.plot([0, lim], [RECOVERY_POINTS, lim + RECOVERY_POINTS], color="grey", ls="--",
-                  lw=0.8, label=f"recovery (+{RECOVERY_POINTS:g} points)")
-        left.set(xlim=(0, lim), ylim=(0, lim), xlabel="retained knowledge %, full precision",
-                 ylabel=f"retained knowledge %, 4-bit ({FOUR})",
-                 title="labels: unlearning learning rate")
-        left.legend(fontsize=7)
-        right.axhline(RECOVERY_POINTS, color="grey", ls="--", lw=0.8)
-        right.axhline(0, color="grey", ls=":", lw=0.8)
-        right.set(xscale="log",
-                  xlabel=f"survival ratio ||Q(θu)−Q(θo)|| / ||θu−θo|| ({FOUR})",
-                  ylabel="4-bit minus full (points)", title="does the update survive?")
-        fig.suptitle(f"recovery map, {report['corpus']} toy")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    path.write_bytes(buffer.getvalue())
-    return path
+    first = group[0]
+    row = {k: first.get(k) for k in ("width", "layers", "method", "precision", "lr", "steps")}
+    row["seeds"] = [p.get("seed", 0) for p in group]
+    for key in ("retained_full", "retained_4bit", *DIAGNOSE_KEYS):
+        row[key] = mean(key)
+    for key in ("retained_full", "retained_4bit"):
+        values = [p[key] for p in group if p.get(key) is not None]
+        row[key + "_range"] = [min(values), max(values)] if values else None
+    row["target_verbmem_f"] = first.get("target_verbmem_f")
+    return row

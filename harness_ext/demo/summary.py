@@ -97,6 +97,10 @@ def corpus_summary(root: Path, corpus: str, schemes: list[str], diagnoses: dict,
             "knowmem_r": {s: entry.value(s, "knowmem_r") for s in schemes},
             "survival_ratio": {s: d["overall"]["survival_ratio"]
                                for s, d in report.get("schemes", {}).items()},
+            "projection": {s: d["overall"].get("projection")
+                           for s, d in report.get("schemes", {}).items()},
+            "unchanged_fraction": {s: d["overall"].get("unchanged_fraction")
+                                   for s, d in report.get("schemes", {}).items()},
             "sub_half_step_share": {s: d["overall"]["sub_half_step_share"]
                                     for s, d in report.get("schemes", {}).items()},
         })
@@ -130,7 +134,7 @@ def _table(s: dict, schemes: list[str], labels: dict, extra: bool) -> list[str]:
 
     head = f"{'method':<14}" + "".join(f"{name:>{w}}" for name, w in zip(names, widths))
     if extra:
-        head += f"{'KnowMem_r':>11}{'survival':>10}"
+        head += f"{'KnowMem_r':>11}{'survival':>10}{'projection':>12}{'unchanged':>11}"
     lines = [head, "-" * len(head)]
     for kind in ("target", "retrain"):
         ref = s["references"].get(kind)
@@ -140,7 +144,8 @@ def _table(s: dict, schemes: list[str], labels: dict, extra: bool) -> list[str]:
     for row in s["rows"]:
         lines.append(f"{row['method']:<14}" + cells(row["retained"][x] for x in schemes) + (
             _fmt(row["knowmem_r"][FULL], 11) + _fmt(row["survival_ratio"].get(FOUR), 10, 2)
-            if extra else ""))
+            + _fmt(row.get("projection", {}).get(FOUR), 12, 2)
+            + _fmt(row.get("unchanged_fraction", {}).get(FOUR), 11, 3) if extra else ""))
     avg = s["baseline_average"]
     lines.append(f"{'GDR/KLR avg':<14}" + cells(avg[x] for x in schemes))
     return lines
@@ -190,7 +195,11 @@ def format_summary(s: dict) -> str:
                      f"quantization brings back < {RECOVERY_POINTS:g} points on average "
                      "(see `muse-quant demo --recovery_map` for the explored boundary)")
     lines.append(f"survival = ||Q(theta_u) - Q(theta_o)|| / ||theta_u - theta_o|| at {FOUR} "
-                 "(muse-quant diagnose; 0 = quantization erases the whole update)")
+                 "(muse-quant diagnose: size only)")
+    lines.append(f"projection = <Q(theta_u) - Q(theta_o), theta_u - theta_o> / "
+                 f"||theta_u - theta_o||^2 at {FOUR}: the share of the update 4-bit keeps in its "
+                 "own direction (1 = all, 0 = erased); unchanged = weights the update left "
+                 "bit-identical (docs/diagnostics.md)")
     lines += format_deployment(s)
     return "\n".join(lines)
 

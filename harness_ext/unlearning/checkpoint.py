@@ -178,7 +178,8 @@ def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, su
     ``target_rounded_to`` (bf16 training from a target stored in a wider dtype): the delta is
     theta_u - round(theta_o), so tensors the run did not change are absent from it (no rounding
     noise), and its metadata tells :func:`harness_ext.checkpoints.apply_unlearned` to round the
-    base the same way. A full model holds the trained (bf16) weights in the stored dtype."""
+    base the same way. A full model holds the trained (bf16) weights in the stored dtype, and a
+    mark of the rounding (:func:`harness_ext.checkpoints.write_base_rounding`)."""
     from .. import checkpoints
 
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +192,8 @@ def save_weights(out: Path, cfg: UnlearnConfig, model, tokenizer, save_dtype, su
         model = model.to(device="cpu", dtype=save_dtype)
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
+        if target_rounded_to is not None:  # diagnose compares against the rounded target
+            checkpoints.write_base_rounding(out / name, target_rounded_to)
         return name
     from transformers import AutoModelForCausalLM
 
