@@ -28,10 +28,16 @@ def test_fast_demo_runs_every_stage(fast_demo):
     assert sorted(r["method"] for r in summary["rows"]) == sorted(FAST.methods)
     for row in summary["rows"]:
         # every scheme was evaluated and gave a retained-knowledge number
-        assert set(row["retained"]) == set(SCHEMES)
+        assert set(row["retained"]) == set(FAST.schemes)
         assert all(isinstance(v, float) for v in row["retained"].values()), row
         assert "bnb-fp4" in row["survival_ratio"]  # diagnose ran
-        assert isinstance(row["projection"]["bnb-fp4"], float)  # the mechanism, per method
+        # the mechanism, per method; undefined (None) when the update left every quantized
+        # weight unchanged (--fast's 2-step NPO_KLR_SURE moves only unquantized tensors)
+        if row["unchanged_fraction"]["bnb-fp4"] < 1.0:
+            assert isinstance(row["projection"]["bnb-fp4"], float), row
+        else:
+            assert row["projection"]["bnb-fp4"] is None
+    assert any(isinstance(r["projection"]["bnb-fp4"], float) for r in summary["rows"])
     by_method = {r["method"]: r for r in summary["rows"]}
     # GA_GDR moves every quantized weight a little: a survival ratio exists
     assert by_method["ga_gdr"]["survival_ratio"]["bnb-fp4"] > 0
