@@ -19,7 +19,7 @@ assumptions (throughput: --tflops, --hbm_tbs). --gpus N --gpu_mem GB fits every 
 to N GPUs of that memory (batch, accumulation, gradient checkpointing, DDP or FSDP through
 `accelerate launch`), or says which stage cannot fit and why (docs/scale.md). The evaluation can also run data-parallel under
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m harness_ext.cli eval ...`
-(on GPUs without ACCELERATE_USE_CPU; see the README).
+(on GPUs without ACCELERATE_USE_CPU; see docs/scale.md).
 """
 
 from __future__ import annotations
