@@ -114,25 +114,23 @@ def _parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _parse_subset(text: str, flag: str, known, sep: str = ", ") -> tuple[str, ...]:
+    """A non-empty comma-separated subset of ``known`` (else error/fix naming ``flag``)."""
+    chosen = tuple(_split(text))
+    if not chosen or any(x not in known for x in chosen):
+        raise MuseQuantError(f"unknown {flag} {text!r}",
+                             f"use a comma-separated subset of {sep.join(known)}")
+    return chosen
+
+
 def _parse_precisions(text: str) -> tuple[str, ...]:
-    precisions = tuple(_split(text))
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad or not precisions:
-        raise MuseQuantError(f"unknown --precisions {text!r}",
-                             f"use a comma-separated subset of {','.join(PRECISIONS)}")
-    return precisions
+    return _parse_subset(text, "--precisions", PRECISIONS, sep=",")
 
 
 def _parse_methods(text: str) -> tuple[str, ...]:
     from ..unlearning import available_methods
 
-    known = sorted(name for name, _ in available_methods())
-    methods = tuple(_split(text))
-    bad = [m for m in methods if m not in known]
-    if bad or not methods:
-        raise MuseQuantError(f"unknown --map_methods {text!r}",
-                             f"use a comma-separated subset of {', '.join(known)}")
-    return methods
+    return _parse_subset(text, "--map_methods", sorted(name for name, _ in available_methods()))
 
 
 # ------------------------------------------------------------------ targets (cached per width)
