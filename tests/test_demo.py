@@ -319,3 +319,22 @@ def test_medium_scale_is_the_papers_regime(tmp_path, capsys):
     assert main(["demo", "--fast", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
     assert "--fast and --scale medium" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_recovery_map_accepts_a_folder_whose_demo_had_other_schemes(tmp_path):
+    from dataclasses import replace
+
+    from harness_ext.demo import prepare_out
+    from harness_ext.demo.config import MAP_FIELDS
+    from harness_ext.errors import MuseQuantError
+
+    out = tmp_path / "demo"
+    prepare_out(out, DEFAULT, fresh=False)
+    other_schemes = replace(DEFAULT, schemes=("none", "bnb-fp4"))
+    # the map's cells depend on the model, the unlearning recipe and the evaluation only
+    prepare_out(out, other_schemes, fresh=False, fields=MAP_FIELDS)
+    with pytest.raises(MuseQuantError, match="differs in schemes"):
+        prepare_out(out, other_schemes, fresh=False)
+    other_model = replace(DEFAULT, model=replace(DEFAULT.model, hidden_size=256))
+    with pytest.raises(MuseQuantError, match="differs in model"):
+        prepare_out(out, other_model, fresh=False, fields=MAP_FIELDS)

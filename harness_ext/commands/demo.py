@@ -76,7 +76,9 @@ def run(args) -> int:
 
         axes = MapAxes.parse(config, args.widths, args.precisions, args.lrs,
                              args.map_methods, args.seeds)
-    prepare_out(out, config, args.fresh)
+    from ..demo.config import MAP_FIELDS
+
+    prepare_out(out, config, args.fresh, fields=MAP_FIELDS if args.recovery_map else None)
     import os
 
     jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)

@@ -143,6 +143,10 @@ class DemoConfig:
 
 DEFAULT = DemoConfig()
 
+#: the config fields a recovery-map cell depends on (its target, its unlearning recipe, its
+#: evaluation); the scheme list, the methods and the map's default axes are not among them
+MAP_FIELDS = ("model", "unlearn", "eval_limit")
+
 #: ``--fast``: every stage, two methods, a short recipe, 4 documents per task (for the tests)
 FAST = DemoConfig(
     name="fast",

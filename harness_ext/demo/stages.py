@@ -21,8 +21,13 @@ DONE = ".done.json"
 FORMAT_VERSION = 1
 
 
-def prepare_out(out: Path, config: DemoConfig, fresh: bool) -> None:
-    """Create ``out`` (or check it is this configuration's cache); ``fresh`` empties it first."""
+def prepare_out(out: Path, config: DemoConfig, fresh: bool,
+                fields: tuple[str, ...] | None = None) -> None:
+    """Create ``out`` (or check it is this configuration's cache); ``fresh`` empties it first.
+
+    ``fields``: compare only these config fields with the recorded ones (the recovery map
+    depends on :data:`.config.MAP_FIELDS` only, so a folder whose demo had another scheme list
+    keeps its map cells); None compares the whole configuration."""
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise MuseQuantError(f"--out {out} is a file", "pass a folder, e.g. --out demo_out")
@@ -34,11 +39,14 @@ def prepare_out(out: Path, config: DemoConfig, fresh: bool) -> None:
     if fresh and marker.exists():
         shutil.rmtree(out)
     elif marker.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("config") != config.to_json():
+        recorded = json.loads(marker.read_text()).get("config", {})
+        now = config.to_json()
+        differ = [k for k in (fields or now) if recorded.get(k) != now[k]]
+        if differ:
             raise MuseQuantError(
                 f"{out} holds a demo made with another configuration "
-                f"({recorded.get('config', {}).get('name')!r}, now {config.name!r})",
+                f"({recorded.get('name')!r}, now {config.name!r}; differs in "
+                f"{', '.join(differ)})",
                 "pass --fresh to start over there, or choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
