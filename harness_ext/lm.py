@@ -244,16 +244,23 @@ class MuseQuantLM(HFLM):
 
     #: on CPU, at most this many tokens (rows x padded width) per log-prob forward
     CPU_LOGPROB_TOKENS = 8192
+    #: on CPU, a text longer than this is scored alone
+    CPU_LOGPROB_ALONE = 2048
 
     def _logprob_batches(self, lengths: list[int], batch_size: int):
         """``(start, stop)`` slices of the longest-first ``lengths``: ``batch_size`` rows, and on
         CPU no more than ``CPU_LOGPROB_TOKENS`` tokens. A batch of MUSE's ~4k-token PrivLeak texts
-        (logits rows x width x vocab in float32) is slower on CPU than the texts one by one: it
-        no longer fits in the caches. Short texts (the embedded corpus) keep whole batches."""
+        (logits rows x width x vocab in float32) is slower on CPU than the texts one by one: a
+        forward that long is compute-bound, so batching saves nothing, while padding to the
+        longest row adds work (measured on MUSE's NEWS PrivLeak texts, 10 texts of ~3.6k tokens:
+        3.3-3.5 s one by one vs 4.1-5.1 s in pairs). Those go one per forward. Short texts (the
+        embedded corpus, ~100 tokens) keep whole batches."""
         cap = self.CPU_LOGPROB_TOKENS if self.device.type == "cpu" else None
         start = 0
         while start < len(lengths):
             rows = batch_size if cap is None else max(1, min(batch_size, cap // lengths[start]))
+            if cap is not None and lengths[start] > self.CPU_LOGPROB_ALONE:
+                rows = 1
             yield start, min(start + rows, len(lengths))
             start += rows
 

@@ -235,3 +235,23 @@ def test_gpu_default_batch_size(monkeypatch):
         assert defaults.with_default_batch_size(argv + given) == argv + given
     with_args = ["--model_args", "pretrained=x,batch_size=2"]
     assert defaults.with_default_batch_size(with_args) == with_args
+
+
+def test_logprob_batches_on_cpu_score_long_texts_alone():
+    from types import SimpleNamespace
+
+    from harness_ext.lm import MuseQuantLM
+
+    def slices(lengths, device="cpu", batch_size=32):
+        lm = SimpleNamespace(device=torch.device(device), CPU_LOGPROB_TOKENS=8192,
+                             CPU_LOGPROB_ALONE=2048)
+        return list(MuseQuantLM._logprob_batches(lm, lengths, batch_size))
+
+    # MUSE-long texts (> 2048 tokens): one per forward, though two would fit in 8192 tokens
+    assert slices([3906, 3800, 3425]) == [(0, 1), (1, 2), (2, 3)]
+    # 2048 tokens: 8192 // 2048 = 4 rows; 1000 tokens: 8 rows; short texts: whole batches
+    assert slices([2048] * 5) == [(0, 4), (4, 5)]
+    assert slices([1000] * 9) == [(0, 8), (8, 9)]
+    assert slices([100] * 40) == [(0, 32), (32, 40)]
+    # no token cap off the CPU
+    assert slices([3906] * 3, device="meta", batch_size=2) == [(0, 2), (2, 3)]
