@@ -146,3 +146,46 @@ def test_snapshot_restores_float_weights():
                            before["model.layers.0.self_attn.q_proj.weight"])
     snap.restore(model)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_bf16_delta_on_a_bf16_exact_fp32_model_equals_the_bf16_run(tmp_path):
+    """A pure-bf16 unlearning run evaluated with fp32 arithmetic: its bf16 delta is added in
+    bf16 (as written) to the fp32 model whose weights are exactly bf16, then widened."""
+    original, _ = small(seed=0)
+    original = original.to(torch.bfloat16)
+    unlearned, _ = small(seed=0)
+    unlearned = unlearned.to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unlearned.parameters():  # updates as large as the weights: deltas round
+            p.add_((torch.randn(p.shape, generator=gen) * p.float().std()).to(p.dtype))
+    delta, _ = checkpoints.weight_delta(unlearned, original)
+    checkpoints.save_delta(delta, tmp_path / "delta.safetensors")
+    model = original.float()  # fp32 arithmetic, bf16-exact values
+    expected = {n: p.detach().float() for n, p in unlearned.named_parameters()}
+    # the test can fail: adding the bf16 delta in fp32 would miss the bf16 weights somewhere
+    name = "model.layers.0.mlp.up_proj.weight"
+    naive = dict(model.named_parameters())[name] + delta[name].float()
+    assert not torch.equal(naive, expected[name])
+    model, report = checkpoints.apply_unlearned(model, tmp_path / "delta.safetensors")
+    assert report["kind"] == "delta"
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, expected[n]), n
+    # a full bf16 model widens exactly too
+    full_dir = tmp_path / "full"
+    unlearned.save_pretrained(full_dir)
+    fresh, _ = small(seed=3)
+    fresh, report = checkpoints.apply_unlearned(fresh, full_dir)
+    assert all(torch.equal(p, expected[n]) for n, p in fresh.named_parameters())
+
+
+def test_bf16_delta_on_fp32_weights_that_are_not_bf16_is_refused(tmp_path):
+    model, _ = small(seed=0)  # fp32 values: not exactly bf16
+    q = model.model.layers[0].self_attn.q_proj.weight
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros_like(q, dtype=torch.bfloat16)},
+              tmp_path / "d.safetensors")
+    before = q.detach().clone()
+    with pytest.raises(MuseQuantError, match="not exactly representable") as err:
+        checkpoints.apply_unlearned(model, tmp_path / "d.safetensors")
+    assert "dtype=bfloat16" in err.value.fix
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before)

@@ -25,9 +25,25 @@ def parameter_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
+def _narrower_float(tensor: torch.Tensor, param: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and param.is_floating_point() and \
+        tensor.element_size() < param.element_size()
+
+
+def _widens_exactly(tensor: torch.Tensor, param: torch.Tensor, delta: bool) -> bool:
+    """A narrower float checkpoint on a wider model (a bf16 unlearning run evaluated with fp32
+    arithmetic): a full model's weights widen exactly; a delta only when the model's weights are
+    exactly values of the delta's dtype (a bf16 checkpoint loaded in fp32, or a base rounded to
+    it), so that the addition can be done in the delta's dtype, as it was written."""
+    if not _narrower_float(tensor, param):
+        return False
+    return not delta or bool(torch.equal(param.to(tensor.dtype).to(param.dtype), param))
+
+
 def _match_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], where: str,
-                      require_all: bool) -> dict[str, torch.Tensor]:
-    """Map checkpoint keys to canonical parameter names, checking names, shapes and dtypes."""
+                      require_all: bool, delta: bool = False) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys to canonical parameter names, checking names, shapes and dtypes
+    (a narrower float dtype is accepted where :func:`_widens_exactly`)."""
     aliases = parameter_aliases(model)
     params = dict(model.named_parameters())
     unknown = sorted(k for k in state if k not in aliases)
@@ -46,9 +62,11 @@ def _match_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], where: s
             raise MuseQuantError(f"{where}: {key} has shape {tuple(tensor.shape)}, the model's "
                                  f"{name} has {tuple(param.shape)}",
                                  "use a checkpoint of the same model size")
-        if tensor.dtype != param.dtype:
+        if tensor.dtype != param.dtype and not _widens_exactly(tensor, param, delta):
+            exact = " and its values are not exactly representable in it" \
+                if _narrower_float(tensor, param) else ""
             raise MuseQuantError(f"{where}: {key} is {tensor.dtype}, the model's {name} is "
-                                 f"{param.dtype}",
+                                 f"{param.dtype}{exact}",
                                  f"load the model in the checkpoint's dtype (model_args "
                                  f"dtype={str(tensor.dtype).replace('torch.', '')}) or re-save "
                                  "the checkpoint")
@@ -103,7 +121,8 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
                 part = load_state_file(file, allow_pickle)
                 check_finite(part, str(file))
                 state.update(part)
-        matched = _match_checkpoint(model, state, str(path), require_all=(kind == "full"))
+        matched = _match_checkpoint(model, state, str(path), require_all=(kind == "full"),
+                                    delta=(kind == "delta"))
         params = dict(model.named_parameters())
         update_norms = {}
         for name, tensor in matched.items():
@@ -112,10 +131,15 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
             update = tensor if kind == "delta" else tensor - param
             update_norms[name] = float(update.float().norm())
             if kind == "delta":
-                param.add_(tensor)
+                # in the delta's dtype when it is narrower (the model's weights are exact in it,
+                # see _widens_exactly): original + delta then rounds as when it was written
+                value = param.to(tensor.dtype) + tensor if tensor.dtype != param.dtype else \
+                    param.add_(tensor)
                 if name in patches:
-                    index, value = patches[name]
-                    param.view(-1)[index.to(param.device)] = value.to(param.device, param.dtype)
+                    index, exact = patches[name]
+                    value.view(-1)[index.to(param.device)] = exact.to(param.device, value.dtype)
+                if value is not param:
+                    param.copy_(value)
             else:
                 param.copy_(tensor)
     report = {"kind": kind, "path": str(path), "sha256": content_sha256(path)[0],
