@@ -338,3 +338,33 @@ def test_recovery_map_accepts_a_folder_whose_demo_had_other_schemes(tmp_path):
     other_model = replace(DEFAULT, model=replace(DEFAULT.model, hidden_size=256))
     with pytest.raises(MuseQuantError, match="differs in model"):
         prepare_out(out, other_model, fresh=False, fields=MAP_FIELDS)
+
+
+@pytest.mark.slow
+def test_demo_in_pure_bf16_runs_every_stage(tmp_path):
+    """``--scale medium``'s precision path at --fast's sizes: bf16-stored models, pure-bf16
+    unlearning, an fp32-arithmetic sweep of the bf16 deltas, diagnose and the leaderboard."""
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import load_file
+
+    from harness_ext.demo import MEDIUM, DemoRun, prepare_out
+    from harness_ext.recipes import REQUIRED_SCHEMES
+
+    # the schemes a leaderboard entry needs (the demo adds its models to its leaderboard)
+    config = replace(FAST, name="fast-bf16", methods=("ga_gdr",), schemes=REQUIRED_SCHEMES,
+                     unlearn=replace(FAST.unlearn, precision=MEDIUM.unlearn.precision))
+    out = tmp_path / "demo"
+    prepare_out(out, config, fresh=False)
+    summary = DemoRun(config, out, ("news",), progress=False, jobs=1).run()
+    target = load_file(out / "news" / "models" / "target" / "model.safetensors")
+    assert {t.dtype for t in target.values()} == {torch.bfloat16}
+    delta = load_file(out / "news" / "unlearn" / "ga_gdr" / "run" / "delta.safetensors")
+    assert delta and {t.dtype for t in delta.values()} <= {torch.bfloat16, torch.int64}
+    for scheme in ("none", "bnb-int8-real", "bnb-fp4"):
+        assert (out / "news" / "sweep" / "ga_gdr" / "results" / f"{scheme}.json").exists()
+    rows = json.loads((out / "summary.json").read_text())["news"]["rows"]
+    assert [r["method"] for r in rows] == ["ga_gdr"]
+    assert all(isinstance(v, float) for v in rows[0]["retained"].values())
+    assert summary is not None
