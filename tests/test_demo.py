@@ -316,6 +316,8 @@ def test_medium_scale_is_the_papers_regime(tmp_path, capsys):
     assert MEDIUM.schemes == DEFAULT.schemes and MEDIUM.methods == DEFAULT.methods
     args = MEDIUM.unlearn.arguments("ga_gdr")
     assert args[args.index("--precision") + 1] == "bf16" and args[args.index("--lr") + 1] == "1e-05"
+    # 240 steps on the 16 forget documents (80, the default's, did not forget at width 1024)
+    assert args[args.index("--epochs") + 1] == "15" and DEFAULT.unlearn.epochs == 5
     assert main(["demo", "--fast", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
     assert "--fast and --scale medium" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
