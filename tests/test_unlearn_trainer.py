@@ -490,3 +490,37 @@ def test_bf16_plain_method_update_holds_only_what_training_changed(target, data,
     run(target, data, tmp_path / "fp32", "ga", lr=1e-6, max_steps=1, save="full")
     assert checkpoints.delta_base_rounding(tmp_path / "fp32" / "model") is None
     assert "base_rounded_to" not in load_pair(str(target), str(tmp_path / "fp32" / "model"))[3]
+
+
+def test_fp32_run_from_a_bf16_target_is_saved_in_fp32(target, data, tmp_path, caplog):
+    """Saving an fp32 run in the target's bf16 would round the update onto the bf16 grid and
+    erase the sub-ulp part of it: the weights are saved in float32, the update intact."""
+    from transformers import AutoModelForCausalLM
+
+    bf16_target = tmp_path / "bf16_target"
+    AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.bfloat16).save_pretrained(
+        bf16_target)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(target)).save_pretrained(bf16_target)
+    with caplog.at_level("WARNING"):
+        run(bf16_target, data, tmp_path / "full", "ga", lr=1e-5, max_steps=2, precision="fp32")
+        run(bf16_target, data, tmp_path / "delta", "ga", lr=1e-5, max_steps=2, precision="fp32",
+            save="delta")
+    assert "saved in float32" in caplog.text
+    assert json.loads((tmp_path / "full" / "model" / "config.json").read_text())["dtype"] == \
+        "float32"
+    start, after = params(bf16_target), params(tmp_path / "full" / "model")
+    names = [f"{n}.weight" for n in qapply.quantizable_linear_names(load(bf16_target))]
+    moved = sum(int((after[n] != start[n]).sum()) for n in names)
+    total = sum(start[n].numel() for n in names)
+    assert moved / total > 0.95  # fp32 moves (almost) every weight
+    # ... and most of those moves are below half a bf16 ulp: bf16 storage would have lost them
+    kept_in_bf16 = sum(int((after[n].to(torch.bfloat16).float() != start[n]).sum())
+                       for n in names)
+    assert kept_in_bf16 / total < 0.5
+    # the delta is float32 too and reproduces the full model on the target loaded in fp32
+    delta = load_file(str(tmp_path / "delta" / "delta.safetensors"))
+    assert {t.dtype for k, t in delta.items() if ":" not in k} == {torch.float32}
+    applied_params, _ = applied(bf16_target, tmp_path / "delta" / "delta.safetensors")
+    assert all(torch.equal(applied_params[n], after[n]) for n in after)

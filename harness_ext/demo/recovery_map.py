@@ -210,7 +210,7 @@ def run_cell(demo, corpus: str, root: Path, cell: Path, base: Path, reference: d
     verbmem = _verbmem(results, corpus)
     report = demo.diagnose(corpus, method, base, unlearned, schemes=(FOUR,),
                            folder=cell / "diagnose",
-                           dtype="bfloat16" if precision == "bf16" else "auto")
+                           dtype="bfloat16" if precision == "bf16" else "float32")
     overall = report["schemes"][FOUR]["overall"]
     card = json.loads((run / "run_card.json").read_text())
     kept = {s: retained(verbmem[s], reference[s]) for s in SCHEMES}

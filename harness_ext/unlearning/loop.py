@@ -153,6 +153,18 @@ class UnlearningRun:
             raise MuseQuantError(f"cannot load --pretrained {cfg.pretrained}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}",
                                  "pass a Hugging Face model directory or hub id") from None
+        # fp32 (or bf16-mixed, fp32 master weights) training from a target stored narrower:
+        # saving in the stored dtype would round the update back onto the target's bf16 grid and
+        # erase every change under half a bf16 ulp (the mechanism this tool measures), so the
+        # weights are saved in the training dtype
+        if save_dtype.is_floating_point and self.train_dtype.itemsize > save_dtype.itemsize:
+            log.warning("--precision %s: the target %s is stored in %s; the unlearned weights "
+                        "are saved in %s (in %s most of the update would round away); evaluate "
+                        "them with dtype=float32", self.precision, cfg.pretrained,
+                        str(save_dtype).replace("torch.", ""),
+                        str(self.train_dtype).replace("torch.", ""),
+                        str(save_dtype).replace("torch.", ""))
+            save_dtype = self.train_dtype
         # bf16 training from a target stored wider trains the target rounded to bf16: the update
         # is saved relative to that rounded target (see checkpoint.save_weights)
         self.target_rounded_to = self.train_dtype if (
