@@ -3,7 +3,7 @@
   muse-quant demo                       # NEWS-like toy: build, unlearn, quantize, leaderboard
   muse-quant demo --corpus both --out DIR
   muse-quant demo --fast                # every stage, minimal sizes (the test suite runs it)
-  muse-quant demo --scale medium        # the paper's regime: width 1024, pure bf16, lr 1e-5
+  muse-quant demo --scale medium        # the paper's regime: width 1024, pure bf16, lr 1e-5 (~41 min)
   muse-quant demo --recovery_map [--widths 128,512 --lrs 1e-5,3e-5 --precisions bf16,fp32]
 
 Stages (each cached under --out; a re-run skips finished work, --fresh starts over):
@@ -32,8 +32,8 @@ def add_arguments(parser) -> None:
                         help="minimal sizes, every stage (about a minute; for tests)")
     parser.add_argument("--scale", default="small", choices=["small", "medium"],
                         help="small: the 10-minute toy (width 128, fp32, lr 1e-4); medium: the "
-                             "paper's regime (width 1024, 2 layers, pure bf16 at MUSE's lr 1e-5; "
-                             "far longer, see docs/toy.md)")
+                             "paper's regime (width 1024, 2 layers, pure bf16 at MUSE's lr 1e-5, "
+                             "240 steps; about 41 min on 2 cores, see docs/toy.md)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete --out first (only a folder this command made)")
     parser.add_argument("--recovery_map", action="store_true",
