@@ -138,6 +138,17 @@ def reference_times(lm, corpus: str, data: str, limit: int, auc_retrain: float):
     return values, times
 
 
+def left_padded(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input ids, attention mask)`` of batch-1 id tensors, left-padded to the longest."""
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - p.shape[1]:] = p[0]
+        mask[row, width - p.shape[1]:] = 1
+    return ids, mask
+
+
 def _timed_forward(model, ids, **kwargs) -> float:
     start = time.perf_counter()
     with torch.no_grad():
@@ -162,13 +173,7 @@ def forward_floor(lm, corpus: str, data: str, limit: int) -> dict:
     verbmem = [_timed_forward(model, ids, logits_to_keep=1) for ids in prompts]
     privleak = sum(_timed_forward(model, torch.tensor([tok.encode(t)])) for t in texts)
     few = prompts[:4]
-    width = max(ids.shape[1] for ids in few)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batch = torch.full((len(few), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(few), width), dtype=torch.long)
-    for row, ids in enumerate(few):
-        batch[row, width - ids.shape[1]:] = ids[0]
-        mask[row, width - ids.shape[1]:] = 1
+    batch, mask = left_padded(few, tok.pad_token_id if tok.pad_token_id is not None else 0)
     batched = _timed_forward(model, batch, attention_mask=mask, logits_to_keep=1)
     return {"verbmem": sum(verbmem), "privleak": privleak,
             "batched_prefill_ratio": batched / sum(verbmem[:len(few)])}

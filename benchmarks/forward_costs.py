@@ -38,16 +38,6 @@ def seconds(fn, repeats: int = 1) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def left_padded(prompts, pad: int):
-    width = max(p.shape[1] for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - p.shape[1]:] = p[0]
-        mask[row, width - p.shape[1]:] = 1
-    return ids, mask
-
-
 def decode_step_seconds(model, prompt, batch: int, steps: int = 20) -> float:
     """Seconds of one decode step of ``batch`` rows over the prompt's KV cache (mean of
     ``steps``), the cache built once by a batch-1 prefill and copied into every row."""
@@ -82,7 +72,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval_profile import SHARED_MUSE
-    from eval_speed import model_dir_for, write_muse_shaped
+    from eval_speed import left_padded, model_dir_for, write_muse_shaped
 
     with model_dir_for(args.model) as model_dir, tempfile.TemporaryDirectory() as tmp:
         path = SHARED_MUSE / "news" / "verbmem" / "forget.json"

@@ -187,3 +187,17 @@ def small_board(root: Path, corpus: str = "news", prefix: str = "") -> Path:
     make_entry(root, f"{prefix}npo-klr", three_schemes((5.0, 6.0, 36.0)), corpus,
                meta=entry_meta("method", corpus, "NPO_KLR", target=f"{prefix}target"))
     return root
+
+
+def problems_of(root: Path) -> str:
+    """Every problem the validator finds on the board at ``root``, one per line."""
+    from harness_ext.leaderboard.validator import load_board
+
+    return "\n".join(load_board(root).problems)
+
+
+def edited_board(root: Path, edit) -> tuple[Path, str]:
+    """:func:`small_board` at ``root`` changed by ``edit(root)``, and its problems."""
+    small_board(root)
+    edit(root)
+    return root, problems_of(root)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from leaderboard_helpers import (SHA, entry_meta, make_entry, make_results, small_board,
-                                 three_schemes, write_results)
+from leaderboard_helpers import (SHA, edited_board, entry_meta, make_entry, make_results,
+                                 problems_of, small_board, three_schemes, write_results)
 
 from harness_ext.cli import main
 from harness_ext.leaderboard import builder, scores
@@ -23,10 +23,6 @@ from harness_ext.leaderboard.validator import (MAX_ENTRY_BYTES, MAX_RESULTS_BYTE
                                               current_tasks, load_board, load_plain_yaml)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def problems_of(root):
-    return "\n".join(load_board(root).problems)
 
 
 # ---------------------------------------------------------------- accept
@@ -166,10 +162,8 @@ REJECT = {
 
 @pytest.mark.parametrize("case", sorted(REJECT))
 def test_reject(tmp_path, case):
-    root = small_board(tmp_path / "lb")
     edit, message = REJECT[case]
-    edit(root)
-    found = problems_of(root)
+    root, found = edited_board(tmp_path / "lb", edit)
     assert message in found, found
     with pytest.raises(Exception, match="problem"):
         builder.build(root, tmp_path / "out")

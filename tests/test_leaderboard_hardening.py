@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import yaml
-from leaderboard_helpers import make_results, small_board, write_results
+from leaderboard_helpers import edited_board, make_results, problems_of, small_board, write_results
 
 from harness_ext.cli import main
 from harness_ext.errors import MuseQuantError
@@ -22,10 +22,6 @@ from harness_ext.unlearning.config import UnlearnConfig
 
 NEWS = ("submissions", "news")
 PLUGIN = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n"
-
-
-def problems_of(root):
-    return "\n".join(load_board(root).problems)
 
 
 def entry_dir(root, slug="npo-klr"):
@@ -133,10 +129,8 @@ BAD_NUMBERS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_NUMBERS))
 def test_numbers_out_of_range_are_refused(tmp_path, case):
-    root = small_board(tmp_path / "lb")
     edit, message = BAD_NUMBERS[case]
-    edit(root)
-    found = problems_of(root)
+    _, found = edited_board(tmp_path / "lb", edit)
     assert message in found, found
 
 

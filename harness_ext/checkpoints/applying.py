@@ -131,10 +131,10 @@ def apply_unlearned(model: nn.Module, path: str | Path, allow_pickle: bool = Fal
             update = tensor if kind == "delta" else tensor - param
             update_norms[name] = float(update.float().norm())
             if kind == "delta":
-                # in the delta's dtype when it is narrower (the model's weights are exact in it,
-                # see _widens_exactly): original + delta then rounds as when it was written
-                value = param.to(tensor.dtype) + tensor if tensor.dtype != param.dtype else \
-                    param.add_(tensor)
+                if tensor.dtype == param.dtype:
+                    value = param.add_(tensor)
+                else:  # a narrower delta (see _widens_exactly): add in its dtype, as written
+                    value = param.to(tensor.dtype) + tensor
                 if name in patches:
                     index, exact = patches[name]
                     value.view(-1)[index.to(param.device)] = exact.to(param.device, value.dtype)
